@@ -1,0 +1,1 @@
+"""Experiment definitions (one file per paper result)."""

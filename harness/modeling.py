@@ -1,0 +1,374 @@
+"""One decoder language model that holds any registered token mixer, in two block layouts.
+
+* ``layout="neox"`` — GPT-NeoX / Pythia (Black et al. 2022; Biderman et al. 2023): LayerNorm,
+  parallel residual ``x + attn(ln1(x)) + mlp(ln2(x))``, partial rotary, GELU MLP, untied head.
+* ``layout="llama"`` — LLaMA (Touvron et al. 2023): RMSNorm, sequential residual, SwiGLU MLP,
+  full rotary, grouped-query attention.
+
+The model is a ``transformers.PreTrainedModel`` registered with ``AutoConfig`` and
+``AutoModelForCausalLM`` under ``model_type="mixer_lm"`` (importing :mod:`harness` registers it), so
+``generate``, ``save_pretrained``/``from_pretrained`` (safetensors) and lm-eval's HF wrapper work
+unchanged. Decoding keeps one state per layer in a :class:`MixerCache`: the KV cache for softmax
+attention, the recurrent state for linear mixers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from harness.mixer import MixerConfig, MixerConfigError, TokenMixer
+from harness.projections import positions_from_mask
+from harness.registry import build_mixer
+
+LAYOUTS: tuple[str, ...] = ("neox", "llama")
+
+
+class MixerLMConfig(PretrainedConfig):
+    """Configuration of :class:`MixerLMForCausalLM`. Field names follow Hugging Face's.
+
+    ``mixer`` names a registered method (``harness.list_methods()``); ``mixer_options`` are its
+    method-specific options; ``mixer_form`` forces one computational form (``None``: each method's
+    default, with ``recurrent`` for one-token decoding steps).
+    """
+
+    model_type = "mixer_lm"
+
+    def __init__(
+        self,
+        vocab_size: int = 256,
+        hidden_size: int = 128,
+        num_hidden_layers: int = 2,
+        num_attention_heads: int = 4,
+        num_key_value_heads: int | None = None,
+        head_dim: int | None = None,
+        intermediate_size: int | None = None,
+        layout: str = "neox",
+        mixer: str = "softmax",
+        mixer_options: dict[str, Any] | None = None,
+        mixer_form: str | None = None,
+        partial_rotary_factor: float | None = None,
+        rope_theta: float = 10000.0,
+        max_position_embeddings: int = 2048,
+        norm_eps: float = 1e-5,
+        hidden_act: str | None = None,
+        attention_bias: bool | None = None,
+        mlp_bias: bool | None = None,
+        use_parallel_residual: bool = True,
+        initializer_range: float = 0.02,
+        tie_word_embeddings: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if layout not in LAYOUTS:
+            raise MixerConfigError(f"unknown layout {layout!r}; choose one of {list(LAYOUTS)}.")
+        neox = layout == "neox"
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_key_value_heads or num_attention_heads
+        self.head_dim = head_dim or hidden_size // num_attention_heads
+        self.intermediate_size = intermediate_size or 4 * hidden_size
+        self.layout = layout
+        self.mixer = mixer
+        self.mixer_options = dict(mixer_options or {})
+        self.mixer_form = mixer_form
+        self.partial_rotary_factor = (0.25 if neox else 1.0) if partial_rotary_factor is None else partial_rotary_factor
+        self.rope_theta = rope_theta
+        self.max_position_embeddings = max_position_embeddings
+        self.norm_eps = norm_eps
+        self.hidden_act = hidden_act or ("gelu" if neox else "silu")
+        self.attention_bias = neox if attention_bias is None else attention_bias
+        self.mlp_bias = neox if mlp_bias is None else mlp_bias
+        self.use_parallel_residual = use_parallel_residual
+        self.initializer_range = initializer_range
+        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+    def mixer_config(self, layer_idx: int) -> MixerConfig:
+        """The :class:`MixerConfig` of layer ``layer_idx``."""
+        rotary_dim = int(self.head_dim * self.partial_rotary_factor)
+        rotary_dim -= rotary_dim % 2
+        return MixerConfig(
+            d_model=self.hidden_size,
+            n_heads=self.num_attention_heads,
+            n_kv_heads=self.num_key_value_heads,
+            head_dim=self.head_dim,
+            rotary_dim=rotary_dim,
+            rope_theta=self.rope_theta,
+            max_seq_len=self.max_position_embeddings,
+            qkv_bias=self.attention_bias,
+            out_bias=self.attention_bias,
+            layer_idx=layer_idx,
+            n_layers=self.num_hidden_layers,
+            options=dict(self.mixer_options),
+        )
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Zhang & Sennrich 2019), computed in float32 as LLaMA does."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class NeoXMLP(nn.Module):
+    """GPT-NeoX feed-forward: ``W_2 act(W_1 x)``."""
+
+    def __init__(self, c: MixerLMConfig) -> None:
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
+        self.dense_4h_to_h = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
+        self.act = ACT2FN[c.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense_4h_to_h(self.act(self.dense_h_to_4h(x)))
+
+
+class SwiGLUMLP(nn.Module):
+    """LLaMA feed-forward (Shazeer 2020, SwiGLU): ``W_down (act(W_gate x) * W_up x)``."""
+
+    def __init__(self, c: MixerLMConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
+        self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
+        self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
+        self.act = ACT2FN[c.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderBlock(GradientCheckpointingLayer):
+    """One block: norm -> mixer and norm -> MLP, with the layout's residual wiring."""
+
+    def __init__(self, c: MixerLMConfig, layer_idx: int) -> None:
+        super().__init__()
+        neox = c.layout == "neox"
+        norm = (
+            (lambda: nn.LayerNorm(c.hidden_size, eps=c.norm_eps))
+            if neox
+            else (lambda: RMSNorm(c.hidden_size, c.norm_eps))
+        )
+        self.input_norm = norm()
+        self.post_norm = norm()
+        self.mixer: TokenMixer = build_mixer(c.mixer, c.mixer_config(layer_idx))
+        self.mlp = NeoXMLP(c) if neox else SwiGLUMLP(c)
+        self.parallel_residual = neox and c.use_parallel_residual
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        position_ids: torch.Tensor,
+        state: Any,
+        form: str | None,
+        attention_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, Any]:
+        mixed, new_state = self.mixer(
+            self.input_norm(x), position_ids=position_ids, state=state, form=form, attention_mask=attention_mask
+        )
+        if self.parallel_residual:  # GPT-NeoX: x + attn(ln1 x) + mlp(ln2 x)
+            return x + mixed + self.mlp(self.post_norm(x)), new_state
+        h = x + mixed
+        return h + self.mlp(self.post_norm(h)), new_state
+
+
+class MixerCache:
+    """Per-layer decoding states (KV caches or recurrent states) and the number of tokens seen."""
+
+    def __init__(self, num_layers: int) -> None:
+        self.states: list[Any] = [None] * num_layers
+        self.seen_tokens = 0
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Select batch rows (beam search)."""
+        self.states = [_map_tensors(s, lambda t: t.index_select(0, beam_idx.to(t.device))) for s in self.states]
+
+    def numel(self) -> int:
+        """Numbers held in all layers' states (the measured cache size)."""
+        return sum(t.numel() for s in self.states for t in _flatten_tensors(s))
+
+
+def _map_tensors(obj: Any, fn: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_map_tensors(o, fn) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    return obj
+
+
+def _flatten_tensors(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [t for o in obj for t in _flatten_tensors(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in _flatten_tensors(o)]
+    return []
+
+
+class MixerLMPreTrainedModel(PreTrainedModel):
+    config_class = MixerLMConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DecoderBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # we bring our own MixerCache (recurrent states are not key/value pairs)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """GPT-style N(0, initializer_range) for linears and embeddings, ones/zeros for norms; then
+        each mixer re-initialises its own special parameters (:meth:`TokenMixer.reset_parameters`)."""
+        super()._init_weights(module)
+        if isinstance(module, RMSNorm):
+            module.weight.fill_(1.0)
+        if isinstance(module, TokenMixer):
+            module.reset_parameters(self.config.initializer_range)
+
+
+class MixerLMModel(MixerLMPreTrainedModel):
+    """Embedding, blocks and final norm (no head)."""
+
+    def __init__(self, config: MixerLMConfig) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderBlock(config, i) for i in range(config.num_hidden_layers))
+        self.norm = (
+            nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
+            if config.layout == "neox"
+            else RMSNorm(config.hidden_size, config.norm_eps)
+        )
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: MixerCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool = False,
+        mixer_form: str | None = None,
+    ) -> tuple[torch.Tensor, MixerCache | None]:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        B, T, _ = x.shape
+        if use_cache and past_key_values is None:
+            past_key_values = MixerCache(len(self.layers))
+        past = past_key_values.seen_tokens if past_key_values is not None else 0
+        if attention_mask is not None:
+            if (
+                attention_mask.dim() != 2
+                or attention_mask.shape[0] != B
+                or attention_mask.shape[1] not in (T, past + T)
+            ):
+                raise ValueError(
+                    f"attention_mask must be (batch, seq) or (batch, past+seq) = ({B}, {past + T}); "
+                    f"got {tuple(attention_mask.shape)}"
+                )
+            if bool(attention_mask.all()):
+                attention_mask = None
+            elif attention_mask.shape[1] == T and past:
+                attention_mask = F.pad(attention_mask, (past, 0), value=1)
+        if position_ids is None:
+            position_ids = positions_from_mask(attention_mask, B, past, T, x.device)
+        form = mixer_form or self.config.mixer_form
+        for i, layer in enumerate(self.layers):
+            state = past_key_values.states[i] if past_key_values is not None else None
+            x, new_state = layer(x, position_ids, state, form, attention_mask)
+            if past_key_values is not None:
+                past_key_values.states[i] = new_state
+        if past_key_values is not None:
+            past_key_values.seen_tokens = past + T
+        return self.norm(x), past_key_values
+
+
+class MixerLMForCausalLM(MixerLMPreTrainedModel, GenerationMixin):
+    """The decoder with a language-modelling head; see the module docstring."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: MixerLMConfig) -> None:
+        super().__init__(config)
+        self.model = MixerLMModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: MixerCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        mixer_form: str | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """Next-token logits; ``labels`` (same shape as input_ids, -100 ignored) adds the shifted
+        cross-entropy ``loss``. ``use_cache`` returns a :class:`MixerCache` to continue from."""
+        use_cache = bool(use_cache) and not self.training if use_cache is not None else past_key_values is not None
+        hidden, cache = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            mixer_form=mixer_form,
+        )
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                labels[:, 1:].reshape(-1).to(logits.device),
+                ignore_index=-100,
+            )
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
+
+
+AutoConfig.register(MixerLMConfig.model_type, MixerLMConfig)
+AutoModelForCausalLM.register(MixerLMConfig, MixerLMForCausalLM)

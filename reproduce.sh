@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One entry point for everything:
+#   ./reproduce.sh            run the default job (CPU, offline)
+#   ./reproduce.sh test       run the test suite
+#   ./reproduce.sh demo       convert a tiny local checkpoint to every method and generate
+# The environment is set up on first use: if the needed packages are not importable by python3,
+# a local virtual environment .venv is created and reused (torch pinned to 2.13.0; set
+# TORCH_INDEX_URL to a CPU wheel index where plain PyPI would give a CUDA build).
+set -euo pipefail
+cd "$(dirname "$0")"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+NEEDED="import torch, transformers, accelerate, lm_eval, scipy, pandas, matplotlib, safetensors, tqdm, yaml, pytest, nbclient, ruff"
+
+ensure_env() {
+  if python3 -c "$NEEDED" 2>/dev/null; then PY=python3; return; fi
+  if [ -x .venv/bin/python ] && .venv/bin/python -c "$NEEDED" 2>/dev/null; then PY=.venv/bin/python; return; fi
+  echo "[reproduce] setting up .venv (first run only; a few minutes)" >&2
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
+  .venv/bin/python -m pip install -q -e ".[test]"
+  PY=.venv/bin/python
+  "$PY" -c "$NEEDED"
+}
+
+cmd="${1:-run}"
+case "$cmd" in
+  test)
+    shift || true
+    ensure_env
+    export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+    "$PY" -m pytest -q tests "$@"
+    ;;
+  lint)
+    ensure_env
+    "$PY" -m ruff check .
+    ;;
+  demo)
+    ensure_env
+    "$PY" -m harness demo
+    ;;
+  run)
+    ensure_env
+    "$PY" -m harness demo
+    ;;
+  *)
+    echo "usage: ./reproduce.sh [run|test|lint|demo]" >&2
+    exit 2
+    ;;
+esac
