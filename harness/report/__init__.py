@@ -1,0 +1,1 @@
+"""Reports: the paper's numbers as tidy tables, our tables beside them, figures."""
