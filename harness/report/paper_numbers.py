@@ -32,7 +32,7 @@ ID_COLUMNS: dict[str, list[str]] = {
 #: paper column names -> lm-eval task names. The paper's "wsc" stays "wsc": its scores .365/.635
 #: are 38/104 and 66/104, i.e. SuperGLUE WSC's 104 validation examples (lm-eval ``wsc``), not
 #: ``wsc273``'s 273.
-TASK_NAMES: dict[str, str] = {"nq": "nq_open", "race_middle": "race"}
+TASK_NAMES: dict[str, str] = {"nq": "nq_open", "siqa": "social_iqa"}
 
 
 def tidy_table(name: str, frame: pd.DataFrame) -> pd.DataFrame:
