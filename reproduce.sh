@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for everything:
-#   ./reproduce.sh            run the default job (CPU, offline)
+#   ./reproduce.sh [--profile tiny|smoke|paper] [--only EXPERIMENT ...] [--dry-run]
+#                             reproduce the paper (default: the tiny profile, CPU, offline) and write
+#                             results/<profile>/REPORT.md; idempotent and resumable after a kill
 #   ./reproduce.sh test       run the test suite
 #   ./reproduce.sh demo       convert a tiny local checkpoint to every method and generate
 # The environment is set up on first use: if the needed packages are not importable by python3,
@@ -26,6 +28,10 @@ ensure_env() {
 
 cmd="${1:-run}"
 case "$cmd" in
+  -*) cmd=run ;;
+  run) shift ;;
+esac
+case "$cmd" in
   test)
     shift || true
     ensure_env
@@ -42,10 +48,10 @@ case "$cmd" in
     ;;
   run)
     ensure_env
-    "$PY" -m harness demo
+    "$PY" -m harness reproduce "$@"
     ;;
   *)
-    echo "usage: ./reproduce.sh [run|test|lint|demo]" >&2
+    echo "usage: ./reproduce.sh [--profile tiny|smoke|paper] [--only EXPERIMENT ...] [--dry-run] | test | lint | demo" >&2
     exit 2
     ;;
 esac

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("harness.train", "pretrain, convert-and-finetune, or train from scratch"),
     "eval": ("harness.evaluate", "evaluate a model with lm-eval tasks"),
     "bench": ("harness.bench", "throughput and memory sweeps"),
+    "reproduce": ("harness.pipeline.reproduce", "run the paper's experiments at a profile and write the report"),
     "mqar": ("harness.mqar", "multi-query associative recall: accuracy against state size"),
 }
 

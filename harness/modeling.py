@@ -239,6 +239,17 @@ class MixerLMPreTrainedModel(PreTrainedModel):
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # we bring our own MixerCache (recurrent states are not key/value pairs)
 
+    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
+        """transformers 5 skips modules holding no tensors of their own (ours count as custom code),
+        which would skip a mixer whose parameters all sit in submodules; initialise every mixer
+        unless all of its parameters were loaded from a checkpoint."""
+        if isinstance(module, TokenMixer) and not getattr(module, "_is_hf_initialized", False):
+            if not all(getattr(p, "_is_hf_initialized", False) for p in module.parameters()):
+                self._init_weights(module)
+            module._is_hf_initialized = True
+            return
+        super()._initialize_weights(module, is_custom_code)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-style N(0, initializer_range) for linears and embeddings, ones/zeros for norms; then

@@ -187,3 +187,18 @@ def test_deterministic_under_seed(method):
     a, b = tiny_model(method), tiny_model(method)
     ids = torch.randint(0, 64, (1, 19))
     assert torch.equal(a(ids).logits, b(ids).logits)
+
+
+def test_model_init_runs_each_mixers_reset_parameters(method, monkeypatch):
+    """The model's weight init must reach every mixer's own initialisation (gates, decays ...)."""
+    calls = []
+    cls = get_method(method)
+    original = cls.reset_parameters
+
+    def spy(self, init_std):
+        calls.append(self)
+        return original(self, init_std)
+
+    monkeypatch.setattr(cls, "reset_parameters", spy)
+    model = tiny_model(method)
+    assert {id(layer.mixer) for layer in model.model.layers} <= {id(m) for m in calls}

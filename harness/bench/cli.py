@@ -1,0 +1,359 @@
+"""``python -m harness bench``: sweep throughput and memory against sequence length.
+
+See ``harness/bench/README.md`` for the protocol, the outputs and how to run it on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.bench import metadata, summary
+from harness.bench.analysis import analyse
+from harness.bench.plot import plot_shapes
+from harness.bench.shapes import SHAPES, UnknownShapeError, get_shape
+from harness.bench.store import ResultsFileError, ResultStore
+from harness.bench.supervise import is_command_line, supervise
+from harness.bench.sweep import Sweep, SweepSettings, resolve_device
+from harness.bench.workloads import PHASES
+from harness.io import atomic_write_json, atomic_write_text
+
+DEFAULT_SHAPES = "tiny,pythia-410m"
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _lengths(text: str) -> list[int]:
+    out = []
+    for t in _csv(text):
+        out.append(_positive_int(t))
+    if not out:
+        raise argparse.ArgumentTypeError("--lengths needs at least one length, e.g. 512,1024,2048")
+    return sorted(set(out))
+
+
+def _cap(text: str) -> int | None:
+    return None if text.lower() in ("none", "all", "0") else _positive_int(text)
+
+
+def _max_seq_len(text: str) -> str | int:
+    if text in ("fit", "native"):
+        return text
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"--max-seq-len takes fit, native or a positive integer, not {text!r}"
+        ) from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Throughput (prefill, decoding, training step) and peak memory of every registered method against "
+        "sequence length, at layer-level shapes of Pythia/LLaMA2 and whole tiny models."
+    )
+    g = parser.add_argument_group("what to measure")
+    g.add_argument("--methods", default="all", help="comma-separated method names, or 'all' registered (default)")
+    g.add_argument(
+        "--shapes",
+        default=DEFAULT_SHAPES,
+        help=f"comma-separated shapes (default {DEFAULT_SHAPES}); known: {', '.join(SHAPES)}",
+    )
+    g.add_argument("--lengths", type=_lengths, default=None, help="explicit lengths, e.g. 512,2048,8192")
+    g.add_argument("--min-len", type=_positive_int, default=512, help="shortest length (powers of 2 from it)")
+    g.add_argument("--max-len", type=_positive_int, default=16384, help="longest length (default 16384)")
+    g.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset of prefill,decode,train")
+    g.add_argument("--decode-tokens", type=_positive_int, default=128, help="tokens decoded after the prompt")
+    g.add_argument("--batch", type=_positive_int, default=1, help="sequences per batch (default 1)")
+    g.add_argument(
+        "--max-seq-len",
+        type=_max_seq_len,
+        default="fit",
+        help="max_position_embeddings of the models: 'fit' (L + decode tokens, default), 'native' "
+        "(the source model's, e.g. 2048 for Pythia: fixed-length methods are skipped past it) or N",
+    )
+    g = parser.add_argument_group("where")
+    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    g.add_argument("--dtype", default="float32", choices=DTYPES, help="parameter/activation dtype")
+    g.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch CPU threads (default: torch's current setting); fixed and recorded",
+    )
+    g = parser.add_argument_group("protocol and budgets")
+    g.add_argument(
+        "--budget-s",
+        type=float,
+        default=20.0,
+        help="time budget per phase point: skipped when the predicted warm-up + one run exceeds it; "
+        "repeats are planned within it (default 20)",
+    )
+    g.add_argument(
+        "--mem-budget-gb",
+        type=float,
+        default=None,
+        help="skip points predicted to need more (default: half the available RAM on CPU, 90%% of "
+        "the GPU's memory on CUDA)",
+    )
+    g.add_argument("--min-time-s", type=float, default=0.5, help="timed repeats fill at least this long")
+    g.add_argument("--min-repeats", type=_positive_int, default=2, help="timed repeats at least (when in budget)")
+    g.add_argument("--max-repeats", type=_positive_int, default=5, help="timed repeats at most")
+    g.add_argument(
+        "--long-run-s",
+        type=float,
+        default=1.0,
+        help="a run longer than this is timed once after the warm-up (fewer repeats at long L; default 1)",
+    )
+    g.add_argument(
+        "--train-max-len",
+        type=_cap,
+        default=4096,
+        help="measure the training step up to this length (default 4096; 'none' for all)",
+    )
+    g.add_argument("--decode-max-len", type=_cap, default=None, help="measure decoding up to this length")
+    g.add_argument(
+        "--total-budget-s",
+        type=float,
+        default=None,
+        help="stop starting new points after this many seconds (re-run to continue)",
+    )
+    g = parser.add_argument_group("output")
+    g.add_argument("--profile", default="tiny", help="results go to results/<profile>/bench/ (default tiny)")
+    g.add_argument("--out", type=Path, default=None, help="output directory (overrides --profile)")
+    g.add_argument("--name", default=None, help="file stem (default <device>-<dtype>, e.g. cpu-float32)")
+    g.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start a new results file; an existing one is kept as <name>.json.bak-<time>",
+    )
+    g.add_argument(
+        "--retry-skipped",
+        action="store_true",
+        help="re-measure points stored as skipped for timeout, OOM, error or unsupported",
+    )
+    g.add_argument("--no-plot", action="store_true", help="write the JSON and summary but no plots")
+    g.add_argument("--report-only", action="store_true", help="only rewrite the summary and plots from the JSON")
+    g.add_argument(
+        "--no-supervise",
+        action="store_true",
+        help="measure in this process (default on the command line: a supervised child process that is "
+        "restarted past a point stuck beyond its hard deadline or crashed, see harness/bench/supervise.py)",
+    )
+    g.add_argument("--worker-heartbeat", type=Path, default=None, help=argparse.SUPPRESS)
+    g.add_argument("--run-id", default=None, help=argparse.SUPPRESS)
+    g.add_argument("--list-shapes", action="store_true", help="list the shapes and exit")
+
+
+def _select_methods(spec: str, err: Any) -> list[str]:
+    from harness.registry import list_methods
+
+    registered = list_methods()
+    if spec.strip().lower() == "all":
+        return registered
+    chosen = []
+    for name in _csv(spec):
+        if name in registered:
+            chosen.append(name)
+        else:
+            err(f"unknown method {name!r} skipped; registered methods: {', '.join(registered)}")
+    return chosen
+
+
+def _select_shapes(spec: str, err: Any) -> list:
+    chosen = []
+    for name in _csv(spec):
+        try:
+            chosen.append(get_shape(name))
+        except UnknownShapeError as e:
+            err(f"{e} (skipped)")
+    return chosen
+
+
+def main(args: argparse.Namespace) -> int:
+    threads = torch.get_num_threads()
+    try:
+        return _main(args)
+    finally:  # called in-process (tests, the experiment pipeline): leave torch's thread count as found
+        torch.set_num_threads(threads)
+
+
+def _main(args: argparse.Namespace) -> int:
+    def err(msg: str) -> None:
+        print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+    if args.list_shapes:
+        for s in SHAPES.values():
+            print(f"{s.name:<18} {s.kind:<6} {s.source}")
+        return 0
+    notes: list[str] = []
+    try:
+        methods = _select_methods(args.methods, err)
+    except Exception as e:  # a method package that fails to import
+        err(f"cannot load the registered methods: {type(e).__name__}: {e}")
+        return 2
+    shapes = _select_shapes(args.shapes, err)
+    phases = [p for p in _csv(args.phases) if p in PHASES]
+    bad_phases = [p for p in _csv(args.phases) if p not in PHASES]
+    if bad_phases:
+        err(f"unknown phase(s) {bad_phases} skipped; choose from {list(PHASES)}")
+    if not methods or not shapes or not phases:
+        err(
+            "nothing to measure: need at least one registered method, one known shape and one phase "
+            "(see --methods, --shapes, --phases; `python -m harness methods` lists methods, --list-shapes shapes)"
+        )
+        return 2
+    if args.lengths is not None:
+        lengths = args.lengths
+    else:
+        if args.min_len > args.max_len:
+            err(f"--min-len {args.min_len} > --max-len {args.max_len}")
+            return 2
+        lengths = []
+        L = args.min_len
+        while L <= args.max_len:
+            lengths.append(L)
+            L *= 2
+    try:
+        device = resolve_device(args.device)
+    except (ValueError, RuntimeError) as e:
+        err(str(e))
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    mem_budget = None if args.mem_budget_gb is None else int(args.mem_budget_gb * 2**30)
+    if mem_budget is None:
+        mem_budget = _default_mem_budget(device)
+    settings = SweepSettings(
+        methods=methods,
+        shapes=shapes,
+        lengths=lengths,
+        phases=phases,
+        device=str(device),
+        dtype=args.dtype,
+        batch=args.batch,
+        decode_tokens=args.decode_tokens,
+        threads=torch.get_num_threads(),
+        max_seq_len=args.max_seq_len,
+        budget_s=args.budget_s,
+        mem_budget_bytes=mem_budget,
+        min_time_s=args.min_time_s,
+        min_repeats=args.min_repeats,
+        max_repeats=max(args.max_repeats, 1),
+        long_run_s=args.long_run_s,
+        train_max_len=args.train_max_len,
+        decode_max_len=args.decode_max_len,
+        total_budget_s=args.total_budget_s,
+        retry_skipped=args.retry_skipped,
+    )
+    out_dir = args.out if args.out is not None else Path("results") / args.profile / "bench"
+    stem = args.name or f"{device.type}-{args.dtype}"
+    json_path = out_dir / f"{stem}.json"
+    if args.fresh and json_path.exists():
+        backup = json_path.with_name(f"{json_path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
+        json_path.rename(backup)
+        print(f"bench: kept the previous results as {backup}")
+    try:
+        store = ResultStore(json_path)
+    except ResultsFileError as e:
+        err(str(e))
+        return 2
+    if not args.report_only and args.worker_heartbeat is None and not args.no_supervise and is_command_line():
+        child = [a for a in sys.argv[1:] if a != "--fresh"]
+        child += ["--worker-heartbeat", str(out_dir / f".{stem}.heartbeat.json"), "--run-id", metadata.now_iso()]
+        return supervise(child, out_dir / f".{stem}.heartbeat.json", json_path)
+    sweep = Sweep(
+        settings,
+        store,
+        log=lambda m: print(m, flush=True),
+        run_id=args.run_id,
+        heartbeat=args.worker_heartbeat,
+        tune_malloc=args.worker_heartbeat is not None or is_command_line(),
+    )
+    if not args.report_only:
+        print(
+            f"bench: {len(methods)} method(s) x {len(shapes)} shape(s) x {len(lengths)} length(s) on "
+            f"{sweep.meta['device_name']}, {args.dtype}, {torch.get_num_threads()} thread(s) -> {json_path}",
+            flush=True,
+        )
+        try:
+            rep = sweep.run()
+        except KeyboardInterrupt:
+            err(f"interrupted; {json_path} holds every finished point, re-run the same command to continue")
+            return 130
+        print(
+            f"bench: measured {rep.measured}, skipped {rep.skipped}, reused {rep.reused} phase points "
+            f"in {rep.elapsed_s:.0f} s",
+            flush=True,
+        )
+        if rep.not_run:
+            msg = (
+                f"{len(rep.not_run)} phase points not run: --total-budget-s {args.total_budget_s:g} reached; "
+                "re-run the same command to continue"
+            )
+            err(msg)
+            notes.append(msg)
+    if settings.train_max_len is not None and "train" in phases and max(lengths) > settings.train_max_len:
+        notes.append(f"training step measured up to L = {settings.train_max_len:,} (--train-max-len).")
+    if settings.decode_max_len is not None and "decode" in phases and max(lengths) > settings.decode_max_len:
+        notes.append(f"decoding measured up to L = {settings.decode_max_len:,} (--decode-max-len).")
+    keys = {name: settings.settings_key(shape, device) for name, shape in SHAPES.items()}
+    rows = [r for r in store.all_rows() if keys.get(r["shape"]) == r["settings_key"]]
+    if not rows and args.report_only and store.all_rows():  # e.g. --threads differs: report the newest run's
+        newest = max(r["run_id"] for r in store.all_rows())
+        wanted = {r["settings_key"] for r in store.all_rows() if r["run_id"] == newest}
+        rows = [r for r in store.all_rows() if r["settings_key"] in wanted]
+        print(f"bench: no rows with the current settings; reporting the settings of run {newest}", flush=True)
+    if not rows:
+        err(f"no rows with these settings in {json_path}")
+        return 1
+    notes.insert(0, f"peak memory: {rows[0]['mem_method']}.")
+    p = rows[0]
+    if "min_time_s" in p:
+        notes.insert(
+            1,
+            f"protocol: one warm-up run per point (it measures the peak memory), then timed repeats filling "
+            f"{p['min_time_s']:g} s (at least {p['min_repeats']}, at most {p['max_repeats']}); a run longer than "
+            f"{p['long_run_s']:g} s is timed once; budget {p['budget_s']:g} s per point; {p['threads']} torch "
+            "thread(s).",
+        )
+    atomic_write_text(out_dir / f"{stem}.md", summary.render(rows, notes))
+    atomic_write_json(out_dir / f"{stem}-summary.json", analyse(rows))
+    title = f"{rows[0]['device_name']}, {args.dtype}, {rows[0]['threads']} threads, batch {args.batch}"
+    written = [] if args.no_plot else plot_shapes(rows, out_dir / stem, title)
+    print(
+        f"bench: wrote {json_path}, {out_dir / (stem + '.md')}, {out_dir / (stem + '-summary.json')}"
+        + (f" and {len(written)} plot files ({written[0].name} ...)" if written else ""),
+        flush=True,
+    )
+    return 0
+
+
+def _default_mem_budget(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return int(0.9 * torch.cuda.get_device_properties(device).total_memory)
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024 // 2
+    except OSError:
+        pass
+    return None

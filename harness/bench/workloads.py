@@ -1,0 +1,292 @@
+"""What is timed: prefill, decoding and a training step of one method at one shape and length.
+
+Each phase is a :class:`Phase` holding a ``setup`` (builds the inputs, outside the timed region) and
+a ``run`` (the timed work). Layer shapes run :class:`~harness.modeling.MixerLMModel` with one block on
+random hidden states; model shapes run :class:`~harness.modeling.MixerLMForCausalLM` on token ids.
+
+* prefill: one forward pass over ``L`` tokens under ``torch.inference_mode``, returning the
+  decoding cache (a :class:`~harness.modeling.MixerCache`); for whole models only the last position's
+  logits are computed (``logits_to_keep=1``), as generation does.
+* decode: ``n`` tokens, one at a time, continuing from the prompt's cache with
+  ``model(..., past_key_values=cache, use_cache=True)`` — the KV cache for softmax, the recurrent
+  state for linear methods (each method's ``recurrent`` form where it has one). Whole models feed
+  back their greedy choice; layers get pre-built random hidden states.
+* train: forward and backward over ``L`` tokens (no optimizer step: its cost does not depend on
+  ``L``); layers backpropagate a fixed random cotangent into their input, whole models the
+  next-token cross-entropy.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.bench.shapes import Shape
+from harness.modeling import MixerCache, MixerLMConfig, MixerLMForCausalLM, MixerLMModel
+from harness.registry import get_method
+
+PHASES: tuple[str, ...] = ("prefill", "decode", "train")
+
+
+class UnsupportedMethodError(RuntimeError):
+    """A method the benchmark cannot build for a shape (e.g. a whole-architecture method without a
+    model builder)."""
+
+
+@dataclass
+class Phase:
+    """A phase ready to time: ``run()`` is the timed work; ``reset()`` restores its inputs between
+    repeats (outside the timed region); ``tokens`` is how many tokens one run processes per batch."""
+
+    name: str
+    run: Callable[[], Any]
+    reset: Callable[[], None]
+    tokens: int
+    form: str
+
+
+def build_config(shape: Shape, method: str, max_seq_len: int) -> MixerLMConfig:
+    """The :class:`MixerLMConfig` of ``shape`` holding ``method``, built for ``max_seq_len`` tokens."""
+    return MixerLMConfig(**shape.config, mixer=method, max_position_embeddings=max_seq_len)
+
+
+def build_model(shape: Shape, method: str, max_seq_len: int, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """Random-weight model of ``shape`` with ``method`` (seeded, eval mode, on ``device``/``dtype``).
+
+    A method of kind ``model`` (a whole architecture, e.g. Mamba) is built by its class's
+    ``build_model(config: MixerLMConfig) -> nn.Module`` where it has one (a Hugging Face causal LM
+    matching the config's size, e.g. ``baselines.mamba.build_mamba_lm``; for a layer shape the config
+    has one block, so the model matches one block's parameter count).
+    """
+    cls = get_method(method)
+    kind = getattr(cls, "kind", "mixer")
+    torch.manual_seed(0)
+    if kind == "mixer":
+        config = build_config(shape, method, max_seq_len)
+        model: nn.Module = MixerLMModel(config) if shape.kind == "layer" else MixerLMForCausalLM(config)
+    else:
+        builder = getattr(cls, "build_model", None)
+        if builder is None:
+            raise UnsupportedMethodError(
+                f"method {method!r} is of kind {kind!r} (a whole architecture) and its class has no "
+                "build_model(MixerLMConfig) hook, so the bench cannot build it"
+            )
+        model = builder(build_config(shape, "softmax", max_seq_len))  # sized after the softmax teacher
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def mixers(model: nn.Module) -> list[nn.Module]:
+    """The token mixers of a model (empty for architectures without them)."""
+    inner = getattr(model, "model", model)
+    return [layer.mixer for layer in getattr(inner, "layers", []) if hasattr(layer, "mixer")]
+
+
+def declared_state_size(model: nn.Module, seq_len: int, method: str) -> int | None:
+    """Sum over layers of :meth:`TokenMixer.state_size` after ``seq_len`` tokens (numbers/sequence);
+    for a ``kind="model"`` method, its class's ``model_state_size(config, seq_len)`` where it has one."""
+    ms = mixers(model)
+    if not ms:
+        fn = getattr(get_method(method), "model_state_size", None)
+        cfg = getattr(model, "config", None)
+        return None if fn is None or cfg is None else int(fn(cfg, seq_len))
+    try:
+        return sum(int(m.state_size(seq_len)) for m in ms)
+    except NotImplementedError:
+        return None
+
+
+def _tensors(obj: Any, depth: int = 0) -> list[torch.Tensor]:
+    """Every tensor held by a cache object (MixerCache states, or a Hugging Face cache's layers)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if depth > 6 or obj is None or isinstance(obj, (str, bytes, int, float, bool)):
+        return []
+    if isinstance(obj, (tuple, list)):
+        return [t for o in obj for t in _tensors(o, depth + 1)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in _tensors(o, depth + 1)]
+    if isinstance(obj, MixerCache):
+        return _tensors(obj.states, depth + 1)
+    if hasattr(obj, "__dict__") and not isinstance(obj, nn.Module):
+        return [t for o in vars(obj).values() for t in _tensors(o, depth + 1)]
+    return []
+
+
+def cache_numel(cache: Any, batch: int) -> int | None:
+    """Numbers held in a decoding cache, per sequence (:meth:`MixerCache.numel` / batch)."""
+    if cache is None:
+        return None
+    if isinstance(cache, MixerCache):
+        return int(cache.numel()) // batch
+    ts = _tensors(cache)
+    return sum(t.numel() for t in ts) // batch if ts else None
+
+
+def cache_bytes(cache: Any, batch: int) -> int | None:
+    """Bytes held in a decoding cache, per sequence."""
+    ts = _tensors(cache) if cache is not None else []
+    return sum(t.numel() * t.element_size() for t in ts) // batch if ts else None
+
+
+def default_forms(method: str) -> tuple[str, str]:
+    """(form of prefill/training, form of one-token decoding) as the model picks them."""
+    cls = get_method(method)
+    decode = "recurrent" if "recurrent" in cls.forms else cls.default_form
+    return cls.default_form, decode
+
+
+def _hf_cache_arg(model: nn.Module) -> str:
+    """Keyword a Hugging Face model takes its decoding cache under (Mamba: ``cache_params``)."""
+    params = inspect.signature(model.forward).parameters
+    return "cache_params" if "cache_params" in params else "past_key_values"
+
+
+class Workload:
+    """Inputs and closures of the three phases for one model at one length.
+
+    Two calling conventions: the suite's decoder (:class:`MixerLMModel` for layer shapes,
+    :class:`MixerLMForCausalLM` for whole models), and a plain Hugging Face causal LM built by a
+    ``kind="model"`` method (e.g. ``MambaForCausalLM``; for layer shapes it is fed hidden states
+    through ``inputs_embeds`` and its minuscule head is kept).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        shape: Shape,
+        method: str,
+        seq_len: int,
+        batch: int,
+        decode_tokens: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.model, self.shape, self.seq_len, self.batch = model, shape, seq_len, batch
+        self.decode_tokens, self.device, self.dtype = decode_tokens, device, dtype
+        self.layer = shape.kind == "layer"
+        self.native = isinstance(model, (MixerLMModel, MixerLMForCausalLM))
+        self.cache_arg = "past_key_values" if self.native else _hf_cache_arg(model)
+        self.forms = default_forms(method)
+        self.prompt_cache: Any = None
+        self._decode_state: dict[str, Any] = {}
+        g = torch.Generator(device="cpu").manual_seed(1234)
+        if self.layer:
+            d = int(shape.config["hidden_size"])
+            self.x = torch.randn(batch, seq_len, d, generator=g).to(device, dtype)
+            self.steps = [torch.randn(batch, 1, d, generator=g).to(device, dtype) for _ in range(decode_tokens)]
+        else:
+            vocab = int(shape.config["vocab_size"])
+            self.ids = torch.randint(0, vocab, (batch, seq_len), generator=g).to(device)
+
+    def input_bytes(self) -> int:
+        """Bytes of the pre-built inputs."""
+        if self.layer:
+            return self.x.numel() * self.x.element_size() + sum(s.numel() * s.element_size() for s in self.steps)
+        return self.ids.numel() * self.ids.element_size()
+
+    def _call(self, inp: torch.Tensor, cache: Any, use_cache: bool, last_only: bool) -> tuple[Any, Any]:
+        """One forward call; returns (output to feed back or backpropagate, cache)."""
+        key = "inputs_embeds" if self.layer else "input_ids"
+        kwargs: dict[str, Any] = {key: inp, "use_cache": use_cache}
+        if cache is not None:
+            kwargs[self.cache_arg] = cache
+        if self.native and self.layer:
+            return self.model(**kwargs)  # MixerLMModel: (hidden, cache)
+        if last_only:
+            kwargs["logits_to_keep"] = 1
+        out = self.model(**kwargs)
+        return out.logits, getattr(out, self.cache_arg, None)
+
+    # -- prefill -----------------------------------------------------------------------------
+    def _prefill(self) -> Any:
+        with torch.inference_mode():
+            _, cache = self._call(self.x if self.layer else self.ids, None, True, True)
+        return cache
+
+    def prefill(self) -> Phase:
+        def run() -> None:
+            self.prompt_cache = self._prefill()
+
+        return Phase("prefill", run, lambda: None, self.seq_len, self.forms[0])
+
+    # -- decode ------------------------------------------------------------------------------
+    def decode(self) -> Phase:
+        if self.prompt_cache is None:  # prefill was not run in this process (resumed sweep)
+            self.prompt_cache = self._prefill()
+        state = self._decode_state
+
+        def reset() -> None:
+            with torch.inference_mode():
+                state["cache"] = copy.deepcopy(self.prompt_cache)
+
+        def run() -> None:
+            cache = state["cache"]
+            with torch.inference_mode():
+                if self.layer:
+                    for x in self.steps:
+                        _, cache = self._call(x, cache, True, False)
+                else:
+                    tok = self.ids[:, -1:]
+                    for _ in range(self.decode_tokens):
+                        logits, cache = self._call(tok, cache, True, False)
+                        tok = logits[:, -1:].argmax(-1)
+            state["cache"] = cache
+
+        return Phase("decode", run, reset, self.decode_tokens, self.forms[1])
+
+    def decoded_cache(self) -> Any:
+        """The cache after the last decode run (prompt + generated tokens)."""
+        return self._decode_state.get("cache")
+
+    # -- train -------------------------------------------------------------------------------
+    def train(self) -> Phase:
+        model = self.model
+        if self.layer:
+            x = self.x.detach().clone().requires_grad_(True)
+            grads: dict[str, torch.Tensor] = {}
+
+            def run() -> None:
+                out, _ = self._call(x, None, False, False)
+                if "g" not in grads:  # cotangent fixed on the first (warm-up) run
+                    grads["g"] = torch.randn_like(out)
+                out.backward(grads["g"])
+
+        else:
+            ids = self.ids
+
+            def run() -> None:
+                model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+
+        def reset() -> None:
+            model.train()
+            model.zero_grad(set_to_none=True)
+            if self.layer:
+                x.grad = None
+
+        return Phase("train", run, reset, self.seq_len, self.forms[0])
+
+    def finish_train(self) -> None:
+        """Drop gradients and return to eval mode."""
+        self.model.zero_grad(set_to_none=True)
+        self.model.eval()
+
+    def phase(self, name: str) -> Phase:
+        """The phase called ``name`` (one of :data:`PHASES`)."""
+        return {"prefill": self.prefill, "decode": self.decode, "train": self.train}[name]()
+
+
+def weights_bytes(model: nn.Module) -> int:
+    """Bytes of parameters and buffers."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def param_count(model: nn.Module) -> int:
+    """Number of parameters."""
+    return sum(p.numel() for p in model.parameters())

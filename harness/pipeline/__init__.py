@@ -1,0 +1,1 @@
+"""Experiment pipeline: definitions, shared stages, runners, the reproduce command."""

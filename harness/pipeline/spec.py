@@ -1,0 +1,150 @@
+"""Experiment definitions and profiles, loaded from ``experiments/*.yaml`` and validated on load.
+
+A *profile* (``experiments/profiles.yaml``) fixes the scale: data, tokenizer, block and batch
+size, learning rates, named teacher shapes (or hub checkpoints) and evaluation tasks. An
+*experiment* (one YAML file per paper result) names a runner, default parameters, and per-profile
+overrides. Each runner declares its parameters as a dataclass (:mod:`harness.pipeline.runners`), so
+a misspelt key, an unknown teacher or an unregistered method is an error at load time, with the
+fix in the message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
+PROFILES: tuple[str, ...] = ("smoke", "tiny", "paper")
+
+
+class SpecError(ValueError):
+    """An experiment or profile definition that does not validate."""
+
+
+@dataclass
+class Teacher:
+    """A named teacher: a shape trained here (``layout`` + dims + ``tokens``) or a hub checkpoint."""
+
+    name: str
+    tokens: float
+    checkpoint: str | None = None
+    params: float | None = None
+    shape: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.checkpoint is not None
+
+
+@dataclass
+class Profile:
+    name: str
+    description: str
+    device: str
+    data: str
+    tokenizer: str
+    block_size: int
+    batch_size: int
+    pretrain: dict[str, Any]
+    convert: dict[str, Any]
+    teachers: dict[str, Teacher]
+    eval: dict[str, Any]
+
+    def teacher(self, name: str) -> Teacher:
+        if name not in self.teachers:
+            raise SpecError(f"profile {self.name!r} has no teacher {name!r}; it has {sorted(self.teachers)}.")
+        return self.teachers[name]
+
+
+@dataclass
+class Experiment:
+    name: str
+    paper_ref: str
+    runner: str
+    description: str
+    params: dict[str, Any]  # defaults merged with the profile's overrides
+    profile: Profile
+
+    def runner_params(self) -> Any:
+        """The runner's typed parameters (validated)."""
+        from harness.pipeline.runners import RUNNERS
+
+        params_cls = RUNNERS[self.runner].Params
+        known = {f.name for f in dataclasses.fields(params_cls)}
+        unknown = sorted(set(self.params) - known)
+        if unknown:
+            raise SpecError(
+                f"experiment {self.name!r}: unknown parameter(s) {unknown} for runner {self.runner!r}; "
+                f"known: {sorted(known)}."
+            )
+        try:
+            return params_cls(**self.params)
+        except TypeError as err:
+            raise SpecError(f"experiment {self.name!r}: {err}") from None
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path} is not valid YAML: {err}") from None
+
+
+def load_profile(name: str, directory: Path = EXPERIMENTS_DIR) -> Profile:
+    """Profile ``name`` from ``profiles.yaml``."""
+    data = _read_yaml(directory / "profiles.yaml")
+    if name not in data:
+        raise SpecError(f"unknown profile {name!r}; choose one of {sorted(data)}.")
+    raw = dict(data[name])
+    teachers = {}
+    for tname, t in (raw.pop("teachers", None) or {}).items():
+        t = dict(t)
+        tokens = t.pop("tokens", None)
+        if tokens is None:
+            raise SpecError(f"profile {name!r}, teacher {tname!r}: 'tokens' (pretraining tokens) is required.")
+        teachers[tname] = Teacher(
+            name=tname,
+            tokens=float(tokens),
+            checkpoint=t.pop("checkpoint", None),
+            params=t.pop("params", None),
+            shape=t,
+        )
+    fields = {f.name for f in dataclasses.fields(Profile)} - {"name", "teachers"}
+    missing, unknown = sorted(fields - set(raw)), sorted(set(raw) - fields)
+    if missing or unknown:
+        raise SpecError(f"profile {name!r}: missing {missing}, unknown {unknown} keys.")
+    return Profile(name=name, teachers=teachers, **raw)
+
+
+def experiment_names(directory: Path = EXPERIMENTS_DIR) -> list[str]:
+    """All defined experiments (file stems), sorted."""
+    return sorted(p.stem for p in directory.glob("*.yaml") if p.stem != "profiles")
+
+
+def load_experiment(name: str, profile: str | Profile, directory: Path = EXPERIMENTS_DIR) -> Experiment:
+    """Experiment ``name`` at ``profile``, validated (runner, parameters, teachers, methods)."""
+    from harness.pipeline.runners import RUNNERS
+
+    path = directory / f"{name}.yaml"
+    if not path.exists():
+        raise SpecError(f"unknown experiment {name!r}; defined: {', '.join(experiment_names(directory))}.")
+    prof = profile if isinstance(profile, Profile) else load_profile(profile, directory)
+    raw = _read_yaml(path)
+    for key in ("name", "paper_ref", "runner", "description", "profiles"):
+        if key not in raw:
+            raise SpecError(f"{path}: missing key {key!r}.")
+    if raw["name"] != name:
+        raise SpecError(f"{path}: name {raw['name']!r} must equal the file name {name!r}.")
+    if raw["runner"] not in RUNNERS:
+        raise SpecError(f"{path}: unknown runner {raw['runner']!r}; known: {sorted(RUNNERS)}.")
+    overrides = (raw.get("profiles") or {}).get(prof.name)
+    if overrides is None:
+        raise SpecError(f"experiment {name!r} is not defined for profile {prof.name!r}.")
+    params = {**(raw.get("params") or {}), **overrides}
+    exp = Experiment(name, raw["paper_ref"], raw["runner"], " ".join(str(raw["description"]).split()), params, prof)
+    RUNNERS[exp.runner].validate(exp, exp.runner_params())
+    return exp

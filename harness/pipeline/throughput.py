@@ -1,0 +1,36 @@
+"""Generation throughput of a trained model after a long prompt (the paper's Table 1 column,
+"inference throughput at 2048 tokens"): prefill ``prompt_len`` tokens once, then time greedy
+decoding of ``new_tokens`` tokens with the model's cache, median over repeats."""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+@torch.inference_mode()
+def decode_throughput(model_path: str | Path, prompt_len: int, new_tokens: int = 32, repeats: int = 3) -> float:
+    """Tokens per second of cached greedy decoding after a ``prompt_len``-token prompt (batch 1)."""
+    from harness.evaluate import load_model
+
+    model = load_model(str(model_path)).eval()
+    vocab = model.get_output_embeddings().weight.shape[0]
+    ids = torch.randint(0, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(0)).to(model.device)
+    out = model(ids, use_cache=True, logits_to_keep=1)
+    cache_name = "past_key_values" if out.get("past_key_values") is not None else "cache_params"
+    prompt_cache = out[cache_name]
+    times = []
+    for _ in range(repeats):
+        cache, tok = copy.deepcopy(prompt_cache), ids[:, -1:]
+        start = time.perf_counter()
+        for _ in range(new_tokens):
+            out = model(tok, use_cache=True, **{cache_name: cache})
+            cache, tok = out[cache_name], out.logits[:, -1:].argmax(-1)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return new_tokens / statistics.median(times)

@@ -1,0 +1,193 @@
+"""``results/<profile>/REPORT.md``: each of our tables beside the paper's, and what agrees.
+
+Everything here is read from files a run wrote (``results/<profile>/<experiment>/``) and from the
+paper's transcribed numbers (``results/paper/``); nothing is typed by hand. Where our ranking of
+methods can be set against the paper's, Kendall's tau (``scipy.stats.kendalltau``) says how well
+they agree, and the report says so in words.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from scipy.stats import kendalltau
+
+from harness.io import atomic_write_text
+
+PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
+#: our method names -> the paper's row names (Table 2)
+PAPER_ROWS: dict[str, str] = {
+    "softmax": "Pythia-410M",
+    "linformer": "Linformer",
+    "cosformer": "Cosformer",
+    "performer": "Performer",
+    "retnet": "RetNet",
+    "pff": "PFF",
+    "dijiang": "DiJiang",
+}
+SECTIONS: tuple[str, ...] = (
+    "table1_scale",
+    "table2_methods",
+    "table3_7b",
+    "fig2_curves",
+    "fig3_attention_maps",
+    "fig4_speed_memory",
+    "kernel_ablation",
+    "recovery_curve",
+    "mqar",
+)
+
+
+def _read(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path) if path.exists() else None
+
+
+def _md(frame: pd.DataFrame) -> str:
+    return frame.to_markdown(index=False, floatfmt=".4g")
+
+
+def paper_wide(paper_dir: Path, table: str, index: str = "model") -> pd.DataFrame | None:
+    """The paper's table as published (rows x tasks)."""
+    tidy = _read(paper_dir / f"{table}.csv")
+    if tidy is None:
+        return None
+    return tidy.pivot_table(index=index, columns="task", values="value", sort=False).reset_index()
+
+
+def ranking_agreement(ours: pd.Series, paper: pd.Series) -> dict[str, Any]:
+    """Kendall's tau between two scores over their common methods (higher = better in both)."""
+    common = [m for m in ours.index if m in paper.index and pd.notna(ours[m]) and pd.notna(paper[m])]
+    if len(common) < 3:
+        return {"n": len(common), "tau": None, "p": None, "common": common}
+    res = kendalltau([ours[m] for m in common], [paper[m] for m in common])
+    return {"n": len(common), "tau": float(res.statistic), "p": float(res.pvalue), "common": common}
+
+
+def describe_tau(agree: dict[str, Any], what: str) -> str:
+    if agree["tau"] is None:
+        return f"Too few methods in common ({agree['n']}) to compare rankings by {what}."
+    tau = agree["tau"]
+    verdict = (
+        "agrees with"
+        if tau >= 0.6
+        else "partly agrees with"
+        if tau >= 0.2
+        else "does not agree with"
+        if tau > -0.2
+        else "reverses"
+    )
+    return (
+        f"Ranking by {what}: Kendall's tau = {tau:.2f} (p = {agree['p']:.2f}, {agree['n']} methods) — our ranking "
+        f"{verdict} the paper's."
+    )
+
+
+def table2_section(out: Path, paper_dir: Path) -> list[str]:
+    table = _read(out / "table.csv")
+    lines = []
+    if table is None:
+        return ["(not run)"]
+    lines += ["**Ours** (mean over seeds; `sd` = standard deviation):", "", _md(table), ""]
+    paper = paper_wide(paper_dir, "table2_methods")
+    if paper is not None:
+        lines += ["**Paper** (Table 2, converted from Pythia-410M):", "", _md(paper), ""]
+        paper_avg = paper.set_index("model")["avg"]
+        paper_scores = pd.Series({m: paper_avg.get(row) for m, row in PAPER_ROWS.items() if m != "softmax"})
+        t = table.set_index("method")
+        for col, sign, what in (
+            ("next_line", 1, "next-line accuracy"),
+            ("heldout_ppl bpb", -1, "held-out bits per byte"),
+        ):
+            if col in t.columns:
+                agree = ranking_agreement(sign * t[col], paper_scores)
+                lines.append(f"- {describe_tau(agree, what)} (paper: average accuracy)")
+        if "avg" in t.columns and t["avg"].notna().any():
+            agree = ranking_agreement(t["avg"], paper_scores)
+            lines.append(f"- {describe_tau(agree, 'average accuracy')}")
+        best = _best(t)
+        if best:
+            lines.append(f"- Best converted method here: **{best[0]}** by {best[1]}; the paper's best: **DiJiang**.")
+    return lines
+
+
+def _best(t: pd.DataFrame) -> tuple[str, str] | None:
+    conv = t.drop(index=[m for m in ("softmax",) if m in t.index])
+    if "next_line" in conv.columns and conv["next_line"].notna().any():
+        return str(conv["next_line"].idxmax()), "next-line accuracy"
+    if "heldout_ppl bpb" in conv.columns:
+        return str(conv["heldout_ppl bpb"].idxmin()), "held-out bits per byte"
+    return None
+
+
+def scale_section(out: Path, paper_dir: Path, paper_table: str) -> list[str]:
+    table = _read(out / "table.csv")
+    if table is None:
+        return ["(not run)"]
+    lines = ["**Ours:**", "", _md(table), ""]
+    paper = paper_wide(paper_dir, paper_table)
+    if paper is not None:
+        lines += [f"**Paper** ({paper_table.replace('_', ' ')}):", "", _md(paper), ""]
+    if "avg" in table.columns or "next_line" in table.columns:
+        col = "avg" if "avg" in table.columns and table["avg"].notna().any() else "next_line"
+        gaps = []
+        for teacher, g in table.groupby(table["model"].str.replace(r"^[a-z-]+-(?=.)", "", regex=True)):
+            base = g[g.method == "softmax"][col]
+            conv = g[g.method != "softmax"][col]
+            if len(base) and len(conv):
+                gaps.append(f"{teacher}: {conv.iloc[0] - base.iloc[0]:+.3f}")
+        if gaps:
+            lines.append(f"- Converted minus teacher ({col}): " + ", ".join(gaps) + ".")
+    return lines
+
+
+def generic_section(out: Path) -> list[str]:
+    table = _read(out / "table.csv")
+    if table is None:
+        table = _read(out / "results.csv")
+        if table is not None and len(table) > 40:
+            return [f"(see `{(out / 'results.csv').name}`: {len(table)} rows)"]
+    return [_md(table), ""] if table is not None else ["(not run)"]
+
+
+def write_report(profile: str, results_dir: Path) -> Path:
+    root = results_dir / profile
+    paper_dir = PAPER_DIR
+    metas = {p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob("*/meta.json"))}
+    env = next(iter(metas.values()), {}).get("environment", {})
+    lines = [
+        f"# Reproduction report — profile `{profile}`",
+        "",
+        "Every number below was produced by `./reproduce.sh --profile " + profile + "` on the machine described here; "
+        "the paper's numbers come from `results/paper/` (transcribed from the paper). Where our results "
+        "disagree with the paper, the report says so.",
+        "",
+        "| | |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in env.items()],
+        "",
+    ]
+    for name in SECTIONS:
+        if name not in metas:
+            continue
+        meta, out = metas[name], root / name
+        lines += [f"## {name} — {meta['paper_ref']}", "", meta["description"], ""]
+        if name == "table2_methods":
+            lines += table2_section(out, paper_dir)
+        elif name == "table1_scale":
+            lines += scale_section(out, paper_dir, "table1_scale")
+        elif name == "table3_7b":
+            lines += scale_section(out, paper_dir, "table3_7b")
+        else:
+            lines += generic_section(out)
+        for note in meta.get("notes", []):
+            lines.append(f"- {note}")
+        for fig in meta.get("figures", []):
+            if fig.endswith(".png"):
+                lines += ["", f"![{name}]({name}/{fig})"]
+        lines += ["", f"_Wall time: {meta['wall_time_s']:.0f} s._", ""]
+    path = root / "REPORT.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
