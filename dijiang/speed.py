@@ -36,7 +36,6 @@ import os
 import platform
 import statistics
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +47,7 @@ import torch.nn.functional as F
 import harness.ops.linear_attention as la
 from dijiang.decay import PerHeadDecay, official_position_decay
 from dijiang.features import SoftmaxDCTFeatures, WDCFeatures
+from harness.io import atomic_write_text
 from harness.ops.linear_attention import linear_attention
 
 DEFAULT_OUT = Path("results/op_speed")
@@ -390,14 +390,6 @@ def to_markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(text)
-        tmp = f.name
-    os.replace(tmp, path)
-
-
 def save(res: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     """Write ``op_speed_<time>.json/.md`` (new files; an existing name is an error) and ``latest.*``."""
     stamp = res["meta"]["date_utc"].replace(":", "").replace("-", "").replace("+0000", "Z")
@@ -407,7 +399,7 @@ def save(res: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     text_js, text_md = json.dumps(res, indent=2) + "\n", to_markdown(res)
     latest_js, latest_md = out_dir / "latest.json", out_dir / "latest.md"
     for path, text in ((js, text_js), (md, text_md), (latest_js, text_js), (latest_md, text_md)):
-        _atomic_write(path, text)
+        atomic_write_text(path, text)
     return js, md
 
 
