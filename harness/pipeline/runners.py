@@ -147,7 +147,7 @@ class ScaleRunner(Runner):
                     )
                     rows += score_frame(stages.evaluate_model(ctx, run, label, method, p.tasks), label, **extra)
         frame = pd.DataFrame(rows)
-        index = ["model", "method", "params", "train_tokens", "train_wall_s", "tokens_per_s"]
+        index = ["model", "method", "teacher", "params", "train_tokens", "train_wall_s", "tokens_per_s"]
         return Output(tables={"results": frame, "table": wide_table(frame, index)})
 
 

@@ -133,7 +133,7 @@ def scale_section(out: Path, paper_dir: Path, paper_table: str) -> list[str]:
     if "avg" in table.columns or "next_line" in table.columns:
         col = "avg" if "avg" in table.columns and table["avg"].notna().any() else "next_line"
         gaps = []
-        for teacher, g in table.groupby(table["model"].str.replace(r"^[a-z-]+-(?=.)", "", regex=True)):
+        for teacher, g in table.groupby("teacher", sort=False):
             base = g[g.method == "softmax"][col]
             conv = g[g.method != "softmax"][col]
             if len(base) and len(conv):
