@@ -204,6 +204,17 @@ def _main(args: argparse.Namespace) -> int:
         for s in SHAPES.values():
             print(f"{s.name:<18} {s.kind:<6} {s.source}")
         return 0
+    supervised = not args.report_only and args.worker_heartbeat is None and not args.no_supervise and is_command_line()
+    if supervised:  # the child validates, reports and measures; this process only watches it
+        try:
+            out_dir, stem, json_path = _paths(args, resolve_device(args.device).type)
+        except (ValueError, RuntimeError):
+            pass  # reported below
+        else:
+            _fresh(args, json_path)
+            beat = out_dir / f".{stem}.heartbeat.json"
+            child = [a for a in sys.argv[1:] if a != "--fresh"]
+            return supervise(child + ["--worker-heartbeat", str(beat), "--run-id", metadata.now_iso()], beat, json_path)
     notes: list[str] = []
     try:
         methods = _select_methods(args.methods, err)
@@ -264,22 +275,13 @@ def _main(args: argparse.Namespace) -> int:
         total_budget_s=args.total_budget_s,
         retry_skipped=args.retry_skipped,
     )
-    out_dir = args.out if args.out is not None else Path("results") / args.profile / "bench"
-    stem = args.name or f"{device.type}-{args.dtype}"
-    json_path = out_dir / f"{stem}.json"
-    if args.fresh and json_path.exists():
-        backup = json_path.with_name(f"{json_path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
-        json_path.rename(backup)
-        print(f"bench: kept the previous results as {backup}")
+    out_dir, stem, json_path = _paths(args, device.type)
+    _fresh(args, json_path)
     try:
         store = ResultStore(json_path)
     except ResultsFileError as e:
         err(str(e))
         return 2
-    if not args.report_only and args.worker_heartbeat is None and not args.no_supervise and is_command_line():
-        child = [a for a in sys.argv[1:] if a != "--fresh"]
-        child += ["--worker-heartbeat", str(out_dir / f".{stem}.heartbeat.json"), "--run-id", metadata.now_iso()]
-        return supervise(child, out_dir / f".{stem}.heartbeat.json", json_path)
     sweep = Sweep(
         settings,
         store,
@@ -345,6 +347,21 @@ def _main(args: argparse.Namespace) -> int:
         flush=True,
     )
     return 0
+
+
+def _paths(args: argparse.Namespace, device_type: str) -> tuple[Path, str, Path]:
+    """(output directory, file stem, results JSON path)."""
+    out_dir = args.out if args.out is not None else Path("results") / args.profile / "bench"
+    stem = args.name or f"{device_type}-{args.dtype}"
+    return out_dir, stem, out_dir / f"{stem}.json"
+
+
+def _fresh(args: argparse.Namespace, json_path: Path) -> None:
+    """``--fresh``: move an existing results file aside (never overwritten)."""
+    if args.fresh and json_path.exists():
+        backup = json_path.with_name(f"{json_path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
+        json_path.rename(backup)
+        print(f"bench: kept the previous results as {backup}", flush=True)
 
 
 def _default_mem_budget(device: torch.device) -> int | None:

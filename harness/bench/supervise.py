@@ -44,7 +44,7 @@ def _record(store_path: Path, beat: dict[str, Any], kind: str, reason: str) -> N
     print(f"  skip {row['phase']:<7} [{kind}] {reason} ({row['shape']} {row['method']} L={row['seq_len']})", flush=True)
 
 
-def supervise(child_argv: list[str], heartbeat: Path, store_path: Path, grace_s: float = 30.0) -> int:
+def supervise(child_argv: list[str], heartbeat: Path, store_path: Path, grace_s: float = 15.0) -> int:
     """Run ``python -m harness <child_argv>`` until it finishes, restarting it past stuck or dead points.
     Returns the child's exit status."""
     for _ in range(MAX_RESTARTS + 1):
