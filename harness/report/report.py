@@ -114,7 +114,10 @@ def table2_section(out: Path, paper_dir: Path) -> list[str]:
 
 
 def _best(t: pd.DataFrame) -> tuple[str, str] | None:
-    conv = t.drop(index=[m for m in ("softmax",) if m in t.index])
+    """The best *converted* method (the teacher and from-scratch models are left out)."""
+    from harness.registry import get_method, list_methods
+
+    conv = t.loc[[m for m in t.index if m != "softmax" and m in list_methods() and get_method(m).convertible]]
     if "next_line" in conv.columns and conv["next_line"].notna().any():
         return str(conv["next_line"].idxmax()), "next-line accuracy"
     if "heldout_ppl bpb" in conv.columns:
@@ -169,6 +172,15 @@ def write_report(profile: str, results_dir: Path) -> Path:
         *[f"| {k} | {v} |" for k, v in env.items()],
         "",
     ]
+    from harness.pipeline.spec import experiment_names
+
+    missing = [n for n in experiment_names() if n not in metas]
+    if missing:
+        lines += [
+            f"**Not yet run at this profile:** {', '.join(missing)} "
+            f"(`./reproduce.sh --profile {profile} --only {' '.join(missing)}`).",
+            "",
+        ]
     for name in SECTIONS:
         if name not in metas:
             continue
