@@ -35,7 +35,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,37 +48,13 @@ from dijiang.decay import PerHeadDecay, official_position_decay
 from dijiang.features import SoftmaxDCTFeatures, WDCFeatures
 from harness.io import atomic_write_text
 from harness.ops.linear_attention import linear_attention
+from harness.provenance import commit_label, cpu_model
 
 DEFAULT_OUT = Path("results/op_speed")
 TARGETS = {"chunk_vs_sdpa_2048": 3.0, "chunk_vs_sdpa_8192": 8.0, "chunk_vs_official_8192": 50.0, "decode_ratio": 1.2}
 
 
 # -- metadata ---------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    """The CPU's model name with its family/model numbers (``/proc/cpuinfo``), else
-    ``platform.processor()``."""
-    try:
-        info: dict[str, str] = {}
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip().lower(), value.strip())
-        if "model name" in info:
-            return f"{info['model name']} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def git_commit() -> str:
-    """HEAD's commit, with ``+dirty`` when the work tree has changes; ``unknown`` outside git."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, check=True).stdout
-        return head + ("+dirty" if dirty.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def load_average() -> list[float] | None:
     return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
@@ -87,7 +62,7 @@ def load_average() -> list[float] | None:
 def metadata(dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
     return {
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
+        "git_commit": commit_label(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cpu": cpu_model(),
@@ -254,8 +229,14 @@ class DecodeCase:
 
 
 def decode_times(
-    contexts: tuple[int, ...], H: int, d: int, dtype: torch.dtype, device: torch.device, steps: int,
-    chunk_size: int, reps: int,
+    contexts: tuple[int, ...],
+    H: int,
+    d: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    steps: int,
+    chunk_size: int,
+    reps: int,
 ) -> list[dict[str, Any]]:
     """Per-token decoding times for every context, all cases interleaved in one round robin."""
     cases = {L: DecodeCase(L, H, d, dtype, device, steps, chunk_size) for L in contexts}
@@ -295,9 +276,16 @@ def run(
     dev = torch.device(device)
     result: dict[str, Any] = {"meta": metadata(dtype, dev)}
     result["config"] = {
-        "batch": 1, "heads": heads, "head_dim": head_dim, "lengths": list(lengths), "chunk_size": chunk_size,
-        "reps": reps, "official_reps": official_reps, "decode_contexts": list(decode_contexts),
-        "decode_steps": decode_steps, "statistic": "minimum over repetitions (median also reported)",
+        "batch": 1,
+        "heads": heads,
+        "head_dim": head_dim,
+        "lengths": list(lengths),
+        "chunk_size": chunk_size,
+        "reps": reps,
+        "official_reps": official_reps,
+        "decode_contexts": list(decode_contexts),
+        "decode_steps": decode_steps,
+        "statistic": "minimum over repetitions (median also reported)",
         "block_tokens": la.BLOCK_TOKENS,
     }
     result["matmul_gflops"] = matmul_peak(dtype, dev, peak_sizes)
@@ -324,8 +312,13 @@ def run(
             best = min(ts)
             rows.append(
                 {
-                    "method": name, "tokens": T, "ms_min": best * 1e3, "ms_median": statistics.median(ts) * 1e3,
-                    "gflop": f / 1e9, "gflops": f / best / 1e9, "fraction_of_peak": f / best / 1e9 / peak,
+                    "method": name,
+                    "tokens": T,
+                    "ms_min": best * 1e3,
+                    "ms_median": statistics.median(ts) * 1e3,
+                    "gflop": f / 1e9,
+                    "gflops": f / best / 1e9,
+                    "fraction_of_peak": f / best / 1e9 / peak,
                 }
             )
         del x
@@ -341,8 +334,11 @@ def run(
         speedups["decode_ratio"] = last["ours_us_per_token"] / first["ours_us_per_token"]
     result["speedups"] = speedups
     result["targets"] = {
-        k: {"target": v, "measured": speedups.get(k), "met": None if k not in speedups else (
-            speedups[k] <= v if k == "decode_ratio" else speedups[k] >= v)}
+        k: {
+            "target": v,
+            "measured": speedups.get(k),
+            "met": None if k not in speedups else (speedups[k] <= v if k == "decode_ratio" else speedups[k] >= v),
+        }
         for k, v in TARGETS.items()
     }
     result["meta"]["load_average_end"] = load_average()
@@ -419,7 +415,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     p.add_argument("--no-save", action="store_true", help="print only")
     p.add_argument(
-        "--keep-freed-memory", action="store_true",
+        "--keep-freed-memory",
+        action="store_true",
         help="glibc keeps freed memory for reuse (as jemalloc/tcmalloc do); see keep_freed_memory()",
     )
     a = p.parse_args(argv)
@@ -428,9 +425,16 @@ def main(argv: list[str] | None = None) -> None:
     kept = keep_freed_memory() if a.keep_freed_memory else False
     ints = lambda s: tuple(int(v) for v in s.split(",") if v)  # noqa: E731
     res = run(
-        lengths=ints(a.lengths), heads=a.heads, head_dim=a.head_dim, dtype=getattr(torch, a.dtype),
-        device=a.device, chunk_size=a.chunk_size, reps=a.reps, official_reps=a.official_reps,
-        decode_contexts=ints(a.decode_contexts), decode_steps=a.decode_steps,
+        lengths=ints(a.lengths),
+        heads=a.heads,
+        head_dim=a.head_dim,
+        dtype=getattr(torch, a.dtype),
+        device=a.device,
+        chunk_size=a.chunk_size,
+        reps=a.reps,
+        official_reps=a.official_reps,
+        decode_contexts=ints(a.decode_contexts),
+        decode_steps=a.decode_steps,
     )
     res["meta"]["malloc_keeps_freed_memory"] = kept
     print(to_markdown(res))

@@ -36,7 +36,6 @@ import math
 import os
 import platform
 import re
-import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from typing import Any
 
 from harness.io import atomic_write_json, atomic_write_text
 from harness.lm_eval_tasks import DATA_DIR_KEY, OFFLINE_TASKS, TASK_DIR
+from harness.provenance import commit_label
 
 #: named task sets (see the module docstring)
 TABLE12_TASKS: tuple[str, ...] = ("piqa", "winogrande", "wsc", "arc_easy", "arc_challenge", "logiqa")
@@ -351,20 +351,6 @@ def make_lm(model: Any, tokenizer: Any, batch_size: int | str = 8, max_length: i
 
 
 # -- results ------------------------------------------------------------------------------------------
-def git_commit(repo: str | os.PathLike | None = None) -> str | None:
-    """The suite's git commit (``+dirty`` when the work tree has changes), or None outside git."""
-    cwd = Path(repo) if repo else Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        status = ["git", "status", "--porcelain", "--untracked-files=no"]
-        dirty = subprocess.run(status, cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("+dirty" if dirty else "")
-
-
 def run_metadata(corpus_meta: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """Metadata recorded with every row: corpus identity, git commit, library versions, date."""
     import lm_eval
@@ -381,7 +367,7 @@ def run_metadata(corpus_meta: dict[str, Any] | None = None, **extra: Any) -> dic
         )
     meta.update(extra)
     meta.update(
-        git_commit=git_commit(),
+        git_commit=commit_label(),
         torch=torch.__version__,
         transformers=transformers.__version__,
         lm_eval=getattr(lm_eval, "__version__", "unknown"),

@@ -74,11 +74,10 @@ def print_plan(exps: list[Experiment]) -> list[PlannedRun]:
 
 
 def environment() -> dict[str, str]:
-    from harness.bench.metadata import cpu_model, git_commit
+    from harness.provenance import commit_label, cpu_model
 
-    commit, dirty = git_commit()
     return {
-        "git_commit": commit + ("+dirty" if dirty else ""),
+        "git_commit": commit_label(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu": cpu_model(),
