@@ -51,8 +51,13 @@ from harness.registry import register_mixer
 if TYPE_CHECKING:  # imported lazily: transformers' Mamba module looks for mamba-ssm when imported
     from transformers import MambaConfig, MambaForCausalLM
 
-#: Mamba block settings of the released models (state-spaces/mamba-*), transformers' defaults.
-MAMBA_DEFAULTS: dict[str, Any] = dict(state_size=16, expand=2, conv_kernel=4, use_bias=False, use_conv_bias=True)
+#: Mamba block settings of the released models (state-spaces/mamba-*), transformers' defaults, plus
+#: ``use_mambapy``: without mamba-ssm's CUDA kernels (on CPU), transformers scans a full sequence with
+#: mamba.py's parallel scan (the ``mambapy`` package) instead of a Python loop over positions: the
+#: same outputs (to ~1e-6), ~11x faster training steps on CPU. With the CUDA kernels it is ignored.
+MAMBA_DEFAULTS: dict[str, Any] = dict(
+    state_size=16, expand=2, conv_kernel=4, use_bias=False, use_conv_bias=True, use_mambapy=True
+)
 
 
 def _teacher_config(teacher: PretrainedConfig | str | os.PathLike) -> PretrainedConfig:

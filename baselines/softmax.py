@@ -1,7 +1,10 @@
 """Softmax attention (Vaswani et al. 2017, Eq. 1) through torch's scaled_dot_product_attention.
 
 The reference method and the teacher every other method is converted from. Decoding keeps a KV
-cache, so its state grows linearly with the context (``state_size``).
+cache, so its state grows linearly with the context (``state_size``). The cache grows like a Python
+list (:func:`append_kv`): a decoding step writes its key and value into spare capacity instead of
+copying the whole cache, as ``torch.cat`` (and transformers' ``DynamicCache``) does every step, so
+the decoding baseline the linear methods are compared against is not slowed by O(L) copies.
 """
 
 from __future__ import annotations
@@ -14,6 +17,46 @@ import torch.nn.functional as F
 from harness.mixer import MixerConfig
 from harness.projections import ProjectedMixer, positions_from_mask
 from harness.registry import register_mixer
+
+
+#: spare capacity allocated when a KV cache grows: a quarter of its new length, at least this many tokens
+MIN_HEADROOM = 64
+
+
+def _has_room(past: torch.Tensor, total: int) -> bool:
+    """Whether ``past`` (B, H, n, D) is a prefix view of a buffer laid out as (B, H, cap, D) with
+    ``cap >= total``."""
+    B, H, _, D = past.shape
+    st = past.stride()
+    if st[3] != 1 or st[2] != D or st[1] % D or st[1] // D < total or (B > 1 and st[0] != H * st[1]):
+        return False
+    needed = past.storage_offset() + (B - 1) * st[0] + H * st[1]
+    return past.untyped_storage().nbytes() >= needed * past.element_size()
+
+
+def append_kv(past: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """``past ++ new`` along the sequence (dim 2) of a (B, H, n, D) cache, with amortised O(1) copying
+    per token: ``new`` is written into spare capacity behind ``past`` when there is some; otherwise
+    both are copied into a buffer with ``max(MIN_HEADROOM, total / 4)`` tokens to spare, and the
+    returned tensor is a view of it.
+
+    Like transformers' ``DynamicCache`` (updated in place), a cache is meant to be continued once:
+    two continuations of the same cache would share the spare capacity. Under autograd it falls back
+    to ``torch.cat``."""
+    n, m = past.shape[2], new.shape[2]
+    total = n + m
+    if torch.is_grad_enabled() and (past.requires_grad or new.requires_grad):
+        return torch.cat((past, new), dim=2)
+    new = new.to(past.dtype)
+    if _has_room(past, total):
+        out = past.as_strided((*past.shape[:2], total, past.shape[3]), past.stride(), past.storage_offset())
+    else:
+        B, H, _, D = past.shape
+        buf = past.new_empty(B, H, total + max(MIN_HEADROOM, total // 4), D)
+        out = buf[:, :, :total]
+        out[:, :, :n] = past
+    out[:, :, n:] = new
+    return out
 
 
 @register_mixer("softmax")
@@ -45,8 +88,7 @@ class SoftmaxAttention(ProjectedMixer):
             position_ids = positions_from_mask(attention_mask, B, past, T, x.device)
         q, k, v = self.project(x, position_ids)
         if state is not None:
-            k = torch.cat((state[0], k), dim=2)
-            v = torch.cat((state[1], v), dim=2)
+            k, v = append_kv(state[0], k), append_kv(state[1], v)
         new_state = (k, v)
         mask = None
         is_causal = past == 0 and T > 1

@@ -45,6 +45,37 @@ def mixer_for(name: str, dtype: torch.dtype = torch.float32, **cfg_kw) -> torch.
     return mixer.to(dtype).eval()
 
 
+# -- softmax's KV cache ---------------------------------------------------------------------------
+def test_kv_cache_appends_equal_concatenation_with_few_reallocations():
+    """append_kv equals torch.cat after every step, reallocating only O(log n) times over n steps."""
+    from baselines.softmax import append_kv
+
+    g = torch.Generator().manual_seed(0)
+    past = torch.randn(2, 3, 5, 4, generator=g)  # a prefill-shaped cache
+    ref, buffers = past.clone(), set()
+    for step in range(300):
+        new = torch.randn(2, 3, 1 if step % 7 else 3, 4, generator=g)
+        past, ref = append_kv(past, new), torch.cat((ref, new), dim=2)
+        assert torch.equal(past, ref), step
+        buffers.add(past.untyped_storage().data_ptr())
+    assert len(buffers) <= 12, len(buffers)  # 300 steps: geometric growth, not one copy per step
+
+
+def test_kv_cache_decoding_past_regrowth_equals_the_parallel_form():
+    """Token-by-token decoding over 150 steps (several buffer regrowths) gives the parallel outputs."""
+    mixer = mixer_for("softmax", max_seq_len=256)
+    x = torch.randn(2, 150, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full, _ = mixer(x)
+        out, state = mixer(x[:, :10])
+        steps = [out]
+        for t in range(10, 150):
+            o, state = mixer(x[:, t : t + 1], state=state)
+            steps.append(o)
+    assert rel_err(torch.cat(steps, 1), full) < 1e-5
+    assert state[0].shape[2] == 150
+
+
 # -- Performer ----------------------------------------------------------------------------------
 def performer_kernel_error(m: int, orthogonal: bool, d: int = 16, pairs: int = 128, draws: int = 6) -> float:
     """Mean relative error of phi(q).phi(k) against exp(q.k) over pairs and independent draws."""
@@ -380,6 +411,27 @@ def test_mamba_causal_and_generation_equals_forward(tiny_mamba):
     with torch.no_grad():
         got = model(padded, attention_mask=mask.long()).logits[:, 5:]
     assert rel_err(got, model(ids[:, :10]).logits) < 1e-4
+
+
+def test_mamba_parallel_scan_is_on_and_matches_the_sequential_scan(tiny_mamba):
+    """``use_mambapy`` (mamba.py's parallel scan, the CPU training path) gives the sequential scan's
+    outputs and gradients, at a length that is not a power of two."""
+    from transformers.utils.import_utils import is_mambapy_available
+
+    assert is_mambapy_available(), "mambapy is a dependency (pyproject.toml): pip install -e ."
+    model = copy.deepcopy(tiny_mamba).train()
+    assert model.config.use_mambapy and all(layer.mixer.use_mambapy for layer in model.backbone.layers)
+    ids = torch.randint(0, 96, (2, 37), generator=torch.Generator().manual_seed(3))
+    out = {}
+    for flag in (True, False):
+        for layer in model.backbone.layers:
+            layer.mixer.use_mambapy = flag
+        model.zero_grad()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        out[flag] = (loss.detach(), model.backbone.layers[0].mixer.A_log.grad.clone())
+    assert torch.allclose(out[True][0], out[False][0], atol=1e-5)
+    assert rel_err(out[True][1], out[False][1]) < 1e-4
 
 
 def test_mamba_trains_saves_and_loads(tmp_path, tiny_mamba):

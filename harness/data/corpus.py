@@ -151,15 +151,16 @@ def stdlib_files(root: Path | None = None) -> list[Path]:
     """Relative paths of the standard library's ``.py`` sources that form the corpus (sorted)."""
     root = root or stdlib_root()
     out = []
-    for p in root.rglob("*.py"):
-        rel = p.relative_to(root)
-        if any(part in STDLIB_SKIP_DIRS for part in rel.parts[:-1]):
-            continue
-        if rel.parts[0].startswith("config-") or rel.parts[0] == "lib-dynload":  # build configuration
-            continue
-        if rel.name.startswith(STDLIB_SKIP_PREFIXES):
-            continue
-        out.append(rel)
+    for folder, dirs, files in os.walk(root):
+        rel_dir = Path(folder).relative_to(root)
+        # prune skipped folders instead of walking them (site-packages alone can hold 10^4 files)
+        dirs[:] = [
+            d
+            for d in dirs
+            if d not in STDLIB_SKIP_DIRS
+            and not (rel_dir == Path(".") and (d.startswith("config-") or d == "lib-dynload"))  # build configuration
+        ]
+        out += [rel_dir / f for f in files if f.endswith(".py") and not f.startswith(STDLIB_SKIP_PREFIXES)]
     return sorted(out, key=lambda r: r.as_posix())
 
 

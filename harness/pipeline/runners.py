@@ -337,12 +337,15 @@ class MQARRunner(Runner):
 
         rows = []
         for s in p.seeds:
-            cache = ctx.runs / f"mqar-{stages.config_key([dataclasses.asdict(p), s])}.json"
-            if not cache.exists():
-                train = MQARTrainConfig(**{**p.train, "seed": s})
-                found = mqar_sweep(p.methods, p.d_models, MQARConfig(**p.data), train, lrs=p.lrs, progress=ctx.progress)
-                stages.atomic_write_json(cache, {"rows": found})
-            rows += [{**r, "seed": s} for r in stages.read_json(cache)["rows"]]
+            train = MQARTrainConfig(**{**p.train, "seed": s})
+            for method in p.methods:
+                for d in p.d_models:  # one cache per point: a killed sweep resumes where it stopped
+                    key = stages.config_key([p.data, p.train, p.lrs, method, d, s])
+                    cache = ctx.runs / f"mqar-{method}-d{d}-s{s}-{key}.json"
+                    if not cache.exists():
+                        found = mqar_sweep([method], [d], MQARConfig(**p.data), train, lrs=p.lrs, progress=ctx.progress)
+                        stages.atomic_write_json(cache, {"rows": found})
+                    rows += [{**r, "seed": s} for r in stages.read_json(cache)["rows"]]
         frame = pd.DataFrame(rows).rename(columns={"value": "accuracy"})
         table = frame.groupby(["method", "d_model", "state_size"], sort=False)["accuracy"].agg(["mean", "count"])
         return Output(

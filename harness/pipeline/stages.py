@@ -140,11 +140,17 @@ def evaluate_model(
     ctx: Context, run: Run | str, name: str, method: str, tasks: list[str] | None = None
 ) -> list[dict[str, Any]]:
     """Tidy lm-eval rows for a model (the profile's tasks, or ``tasks``), computed once and cached
-    beside the run."""
+    beside the run.
+
+    Scored with a context of at most the profile's ``block_size`` tokens (the eval config's
+    ``max_length`` overrides it): the length every model was trained on. Longer windows would
+    measure length extrapolation (which the softmax teacher's rotary positions do badly past their
+    training length) instead of the conversion."""
     from harness.evaluate import evaluate, load_model
 
     ev = {**ctx.profile.eval, **({"tasks": tasks} if tasks else {})}
-    key = config_key([ev, ctx.profile.data])
+    max_length = int(ev.get("max_length") or ctx.profile.block_size)
+    key = config_key([ev, ctx.profile.data, max_length])
     if isinstance(run, Run):
         cache = Path(run.result.out_dir) / f"eval-{key}.json"
         model_path = run.model_dir
@@ -162,6 +168,7 @@ def evaluate_model(
         corpus=ctx.profile.data,
         data_spec=OfflineDataSpec(**ev.get("data", {})),
         limit=ev.get("limit"),
+        max_length=max_length,
         model_name=name,
         method=method,
     )
