@@ -18,7 +18,6 @@ from harness.mixer import MixerConfig
 from harness.projections import ProjectedMixer, positions_from_mask
 from harness.registry import register_mixer
 
-
 #: spare capacity allocated when a KV cache grows: a quarter of its new length, at least this many tokens
 MIN_HEADROOM = 64
 
