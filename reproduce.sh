@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-NEEDED="import torch, transformers, accelerate, lm_eval, scipy, pandas, matplotlib, safetensors, tqdm, yaml, pytest, nbclient, ruff"
+NEEDED="import torch, transformers, accelerate, lm_eval, scipy, pandas, matplotlib, safetensors, tqdm, yaml, mambapy, pytest, nbclient, ruff"
 
 ensure_env() {
   if python3 -c "$NEEDED" 2>/dev/null; then PY=python3; return; fi
