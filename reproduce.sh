@@ -26,14 +26,17 @@ ensure_env() {
   "$PY" -c "$NEEDED"
 }
 
-cmd="${1:-run}"
-case "$cmd" in
-  -*) cmd=run ;;
-  run) shift ;;
-esac
+# no argument or a leading option: run the experiments; otherwise the first word is the command
+if [ $# -eq 0 ]; then
+  cmd=run
+else
+  case "$1" in
+    -*) cmd=run ;;
+    *) cmd="$1"; shift ;;
+  esac
+fi
 case "$cmd" in
   test)
-    shift || true
     ensure_env
     export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
     "$PY" -m pytest -q tests "$@"

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("harness.bench", "throughput and memory sweeps"),
     "reproduce": ("harness.pipeline.reproduce", "run the paper's experiments at a profile and write the report"),
     "mqar": ("harness.mqar", "multi-query associative recall: accuracy against state size"),
+    "compare": ("harness.report.compare", "do two runs of a profile agree up to seed noise?"),
 }
 
 

@@ -210,6 +210,21 @@ class _QuietCustomDataset(logging.Filter):
         return "Custom kwargs can be passed" not in record.getMessage()
 
 
+class _CountTruncations(logging.Filter):
+    """Count lm-eval's one-line-per-request warnings that a context was cut from the left to fit
+    ``max_length``, instead of printing each (hundreds per task); the count goes to the run metadata."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Truncating" in record.getMessage() and "from the left" in record.getMessage():
+            self.count += 1
+            return False
+        return True
+
+
 def load_tasks(tasks: Sequence[str], manager: Any) -> list[Any]:
     """lm-eval Task/Group objects for ``tasks`` (downloads hub data sets when online).
 
@@ -559,19 +574,25 @@ def evaluate(
         if isinstance(tasks, PreparedTasks)
         else prepare_tasks(tasks, corpus=corpus, data_spec=data_spec, cache_root=cache_root, include_path=include_path)
     )
-    raw = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=prepared.tasks,
-        task_manager=prepared.manager,
-        limit=limit,
-        num_fewshot=num_fewshot,
-        bootstrap_iters=bootstrap_iters,
-        log_samples=False,
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-    )
+    truncations = _CountTruncations()
+    hf_logger = logging.getLogger("lm_eval.models.huggingface")
+    hf_logger.addFilter(truncations)
+    try:
+        raw = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=prepared.tasks,
+            task_manager=prepared.manager,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            bootstrap_iters=bootstrap_iters,
+            log_samples=False,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
+    finally:
+        hf_logger.removeFilter(truncations)
     if raw is None:  # a non-zero rank of a distributed run
         return EvalResult(rows=[], metadata={}, raw={})
     name, kind = model_identity(model)
@@ -581,6 +602,8 @@ def evaluate(
         limit=limit,
         num_fewshot=num_fewshot,
         batch_size=batch_size,
+        max_length=lm.max_length,
+        truncated_contexts=truncations.count,
         device=str(getattr(model, "device", "")),
         dtype=str(getattr(model, "dtype", "")).replace("torch.", ""),
     )

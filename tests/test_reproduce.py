@@ -37,6 +37,10 @@ def test_every_experiment_writes_results_and_report(smoke):
     for name in experiment_names():
         assert f"## {name}" in report
     assert "Kendall" in report
+    speed = report.split("## fig4_speed_memory")[1].split("\n## ")[0]  # throughput against softmax, per phase
+    for phase in ("prefill", "decode"):
+        assert f"{phase}** — tokens/s (x softmax, same sweep)" in speed
+    assert "| softmax" in speed and "(1.00x)" in speed and "prefill peak memory" in speed
 
 
 def test_second_run_reuses_everything(smoke, capsys):

@@ -103,9 +103,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--budget-s",
         type=float,
-        default=20.0,
+        default=15.0,
         help="time budget per phase point: skipped when the predicted warm-up + one run exceeds it; "
-        "repeats are planned within it (default 20)",
+        "repeats are planned within it (default 15)",
     )
     g.add_argument(
         "--mem-budget-gb",

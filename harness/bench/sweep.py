@@ -74,7 +74,7 @@ class SweepSettings:
     decode_tokens: int = 128
     threads: int | None = None
     max_seq_len: str | int = "fit"  # "fit": L + decode_tokens; "native": the shape's; or a number
-    budget_s: float = 20.0
+    budget_s: float = 15.0
     mem_budget_bytes: int | None = None
     min_time_s: float = 0.5
     min_repeats: int = 2

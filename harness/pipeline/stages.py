@@ -166,7 +166,8 @@ def evaluate_model(
         model,
         tasks=list(ev["tasks"]),
         corpus=ctx.profile.data,
-        data_spec=OfflineDataSpec(**ev.get("data", {})),
+        # next_line's choices must fit the window with context to spare: lines of at most half of it
+        data_spec=OfflineDataSpec(**{"max_line_chars": min(160, max_length // 2), **ev.get("data", {})}),
         limit=ev.get("limit"),
         max_length=max_length,
         model_name=name,

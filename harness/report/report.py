@@ -146,6 +146,67 @@ def scale_section(out: Path, paper_dir: Path, paper_table: str) -> list[str]:
     return lines
 
 
+def speed_section(out: Path, paper_dir: Path) -> list[str]:
+    """Fig. 4: decoding and prefill throughput per method against L, as speedups over softmax measured
+    in the same sweep, beside the DiJiang/Transformer ratio of the official README's plot."""
+    rows = _read(out / "results.csv")
+    if rows is None:
+        return ["(not run)"]
+    ok = rows[rows["status"] == "ok"]
+    lines: list[str] = []
+    for (shape, phase), g in ok.groupby(["shape", "phase"], sort=False):
+        tps = g.pivot_table(index="method", columns="seq_len", values="tokens_per_s")
+        if "softmax" not in tps.index:
+            continue
+        tps = tps.loc[["softmax", *[m for m in tps.index if m != "softmax"]]]
+        ratio = tps / tps.loc["softmax"]
+        cells = tps.apply(lambda col: col.map(lambda v: f"{v:,.0f}")) + ratio.apply(
+            lambda col: col.map(lambda v: f" ({v:.2f}x)")
+        )
+        cells = cells.where(tps.notna(), "skip").reset_index()
+        cells.columns = ["method", *[f"{c:,}" for c in tps.columns]]
+        lines += [f"**{shape}, {phase}** — tokens/s (x softmax, same sweep):", "", _md(cells), ""]
+        if phase == "prefill" and "mem_peak_bytes" in g.columns:
+            mem = g.pivot_table(index="method", columns="seq_len", values="mem_peak_bytes") / 2**20
+            mem = mem.loc[tps.index.intersection(mem.index, sort=False)].reset_index()
+            mem.columns = ["method", *[f"{c:,}" for c in mem.columns[1:]]]
+            lines += [f"**{shape}, prefill peak memory** (MiB):", "", _md(mem), ""]
+    paper = _read(paper_dir / "speed_readme_plot.csv")
+    decode = ok[ok["phase"] == "decode"].pivot_table(
+        index=["shape", "seq_len"], columns="method", values="tokens_per_s"
+    )
+    if paper is not None and {"dijiang", "softmax"} <= set(decode.columns):
+        wide = paper.pivot_table(index="seq_len", columns="model", values="tokens_per_s")
+        paper_ratio = wide["dijiang"] / wide["transformer"]
+        comp = []
+        for (shape, L), r in decode.iterrows():
+            if L in paper_ratio.index:
+                comp.append(
+                    {
+                        "shape": shape,
+                        "L": L,
+                        "ours dijiang/softmax decode": r["dijiang"] / r["softmax"],
+                        "paper dijiang/transformer (README plot)": paper_ratio[L],
+                    }
+                )
+        if comp:
+            last = comp[-1]
+            lines += [
+                f"- At L = {last['L']:,} ({last['shape']}), DiJiang decodes "
+                f"{last['ours dijiang/softmax decode']:.2f}x as fast as softmax here; the README plot shows "
+                f"{last['paper dijiang/transformer (README plot)']:.2f}x.",
+                "",
+            ]
+            lines += [
+                "**Against the paper** (the official README's throughput plot; the paper's Fig. 4 has no "
+                "readable numbers; its model and hardware are unlabeled, so only the ratios compare):",
+                "",
+                _md(pd.DataFrame(comp)),
+                "",
+            ]
+    return lines
+
+
 def generic_section(out: Path) -> list[str]:
     table = _read(out / "table.csv")
     if table is None:
@@ -192,6 +253,8 @@ def write_report(profile: str, results_dir: Path) -> Path:
             lines += scale_section(out, paper_dir, "table1_scale")
         elif name == "table3_7b":
             lines += scale_section(out, paper_dir, "table3_7b")
+        elif name == "fig4_speed_memory":
+            lines += speed_section(out, paper_dir)
         else:
             lines += generic_section(out)
         for note in meta.get("notes", []):
