@@ -98,3 +98,16 @@ def test_unknown_method_in_an_experiment_is_explained(tmp_path):
     )
     with pytest.raises(SpecError, match="unknown method 'cosfomer'"):
         load_experiment("table2_methods", "smoke", directory=tmp_path)
+
+
+def test_method_options_reach_the_conversion_and_are_validated(smoke, tmp_path):
+    """The smoke profile converts Linformer with its method_options (block 4 of a 64-token window),
+    and an unknown method under method_options is explained."""
+    configs = [json.loads(p.read_text()) for p in (smoke / "smoke" / "runs").glob("convert-*-linformer-*/config.json")]
+    options = [c["config"]["mixer_options"] for c in configs]
+    assert options and all(o == {"block_size": 4, "compressed_dim": 8} for o in options), options
+    src = Path(__file__).resolve().parents[1] / "experiments"
+    text = (src / "profiles.yaml").read_text().replace("method_options: {linformer:", "method_options: {linformformer:")
+    (tmp_path / "profiles.yaml").write_text(text)
+    with pytest.raises(SpecError, match="method_options.linformformer must map a registered method"):
+        load_profile("smoke", directory=tmp_path)

@@ -4,7 +4,6 @@ softmax; bottom row peak memory of each phase plus the decoding cache per sequen
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,6 @@ PANELS_BOTTOM = [
 ]
 
 
-def _save(fig: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=150, bbox_inches="tight")
-    os.replace(tmp, path)
-
-
 def plot_shapes(rows: list[dict[str, Any]], out_stem: Path, title: str = "") -> list[Path]:
     """Write ``<out_stem>-<shape>.png`` and ``.pdf`` for every shape with measured rows; returns paths."""
     import matplotlib
@@ -36,6 +29,8 @@ def plot_shapes(rows: list[dict[str, Any]], out_stem: Path, title: str = "") -> 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
+
+    from harness.report.figures import save
 
     data: dict[str, dict[tuple[str, str], list[tuple[int, dict[str, Any]]]]] = defaultdict(lambda: defaultdict(list))
     for r in ok_rows(rows):
@@ -90,10 +85,5 @@ def plot_shapes(rows: list[dict[str, Any]], out_stem: Path, title: str = "") -> 
         handles, labels = axes[0][0].get_legend_handles_labels()
         if handles:
             fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 10), frameon=False)
-        for ext in ("png", "pdf"):
-            path = Path(f"{out_stem}-{shape}.{ext}")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _save(fig, path)
-            written.append(path)
-        plt.close(fig)
+        written += save(fig, Path(f"{out_stem}-{shape}"), dpi=150)
     return written

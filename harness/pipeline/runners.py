@@ -219,6 +219,9 @@ class MethodsRunner(Runner):
                 f"{', '.join(p.from_scratch)} trained from scratch on {p.scratch_fraction:g} of the teacher's tokens "
                 "(the paper: the full budget) to fit this profile's time; compare it with that in mind."
             )
+        for m, opts in ctx.profile.method_options.items():
+            if m in p.methods:
+                notes.append(f"{m} converted with options {opts} (the profile's method_options, see profiles.yaml).")
         return Output(tables={"results": frame, "per_seed": per_seed, "table": table.reset_index()}, notes=notes)
 
 

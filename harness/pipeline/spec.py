@@ -53,6 +53,8 @@ class Profile:
     convert: dict[str, Any]
     teachers: dict[str, Teacher]
     eval: dict[str, Any]
+    #: per-method options for conversions (``mixer_options``), e.g. lengths a method sizes itself by
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def teacher(self, name: str) -> Teacher:
         if name not in self.teachers:
@@ -114,9 +116,19 @@ def load_profile(name: str, directory: Path = EXPERIMENTS_DIR) -> Profile:
             shape=t,
         )
     fields = {f.name for f in dataclasses.fields(Profile)} - {"name", "teachers"}
-    missing, unknown = sorted(fields - set(raw)), sorted(set(raw) - fields)
+    required = {f.name for f in dataclasses.fields(Profile) if f.default is dataclasses.MISSING} & fields
+    required -= {f.name for f in dataclasses.fields(Profile) if f.default_factory is not dataclasses.MISSING}
+    missing, unknown = sorted(required - set(raw)), sorted(set(raw) - fields)
     if missing or unknown:
         raise SpecError(f"profile {name!r}: missing {missing}, unknown {unknown} keys.")
+    from harness.registry import list_methods
+
+    for method, opts in (raw.get("method_options") or {}).items():
+        if method not in list_methods() or not isinstance(opts, dict):
+            raise SpecError(
+                f"profile {name!r}: method_options.{method} must map a registered method "
+                f"({', '.join(list_methods())}) to its options."
+            )
     return Profile(name=name, teachers=teachers, **raw)
 
 

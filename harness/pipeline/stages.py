@@ -122,7 +122,13 @@ def _source(teacher_run: Run | str) -> str:
 def convert(ctx: Context, t: Teacher, teacher_run: Run | str, method: str, fraction: float, seed: int = 0) -> Run:
     """Convert the teacher to ``method`` and fine-tune on ``fraction`` of its pretraining tokens."""
     tokens = max(ctx.profile.batch_size * ctx.profile.block_size, math.ceil(t.tokens * fraction))
-    cfg = TrainConfig(model=_source(teacher_run), mixer=method, **_base(ctx, seed, tokens, ctx.profile.convert))
+    options = dict(ctx.profile.method_options.get(method, {}))
+    cfg = TrainConfig(
+        model=_source(teacher_run),
+        mixer=method,
+        **({"mixer_options": options} if options else {}),
+        **_base(ctx, seed, tokens, ctx.profile.convert),
+    )
     return _run(ctx, convert_label(t, method, fraction, seed), cfg, method)
 
 

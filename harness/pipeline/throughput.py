@@ -13,8 +13,11 @@ import torch
 
 
 @torch.inference_mode()
-def decode_throughput(model_path: str | Path, prompt_len: int, new_tokens: int = 32, repeats: int = 3) -> float:
-    """Tokens per second of cached greedy decoding after a ``prompt_len``-token prompt (batch 1)."""
+def decode_throughput(model_path: str | Path, prompt_len: int, new_tokens: int = 128, repeats: int = 5) -> float:
+    """Tokens per second of cached greedy decoding after a ``prompt_len``-token prompt (batch 1).
+
+    At the tiny profile a token takes ~1-3 ms, so 32 tokens x 3 repeats (the first setting) gave
+    values that moved by 2x between two runs on the same idle machine; 128 x 5 costs ~1 s a model."""
     from harness.evaluate import load_model
 
     model = load_model(str(model_path)).eval()

@@ -17,14 +17,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def save(fig: plt.Figure, stem: Path) -> list[Path]:
-    """Write PNG and PDF next to each other (atomically enough: matplotlib writes whole files)."""
+def save(fig: plt.Figure, stem: Path, dpi: int = 120) -> list[Path]:
+    """Write ``<stem>.png`` and ``<stem>.pdf`` (each to a temporary name, then renamed) and close
+    the figure. The stem may contain dots (``bench-pythia-2.8b``)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext in ("png", "pdf"):
-        path = stem.with_suffix(f".{ext}")
+        path = stem.with_name(f"{stem.name}.{ext}")
         tmp = path.with_name(f".{path.name}.tmp.{ext}")
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
         tmp.replace(path)
         paths.append(path)
     plt.close(fig)

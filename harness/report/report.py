@@ -232,6 +232,10 @@ def write_report(profile: str, results_dir: Path) -> Path:
         "|---|---|",
         *[f"| {k} | {v} |" for k, v in env.items()],
         "",
+        f"Wall time, summed over the experiments' last invocations: {sum(m['wall_time_s'] for m in metas.values()):.0f}"
+        " s "
+        "(a fresh run's total; less where an invocation reused earlier runs).",
+        "",
     ]
     from harness.pipeline.spec import experiment_names
 
@@ -262,7 +266,12 @@ def write_report(profile: str, results_dir: Path) -> Path:
         for fig in meta.get("figures", []):
             if fig.endswith(".png"):
                 lines += ["", f"![{name}]({name}/{fig})"]
-        lines += ["", f"_Wall time: {meta['wall_time_s']:.0f} s._", ""]
+        lines += [
+            "",
+            f"_Wall time of the invocation that wrote these results: {meta['wall_time_s']:.0f} s (training runs "
+            "it reused from earlier invocations are not counted)._",
+            "",
+        ]
     path = root / "REPORT.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
