@@ -68,3 +68,29 @@ def test_missing_rows_fail_and_the_cli_says_so(tmp_path, capsys):
     assert main(["compare", str(a), str(tmp_path / "b"), "--out", str(tmp_path / "cmp.md")]) == 1
     assert "do NOT agree" in capsys.readouterr().out and (tmp_path / "cmp.md").exists()
     assert main(["compare", str(a), str(tmp_path / "nowhere")]) == 2
+
+
+def test_report_says_when_a_ranking_is_inside_the_seed_noise(tmp_path):
+    """Table 2's 'best method' line says when its lead (or the whole spread) is within seed noise."""
+    from harness.report.report import PAPER_DIR, table2_section
+
+    def section(scores: list[float]) -> str:
+        t = pd.DataFrame(
+            {
+                "model": ["dijiang", "performer", "retnet"],
+                "method": ["dijiang", "performer", "retnet"],
+                "heldout_ppl bpb": scores,
+                "heldout_ppl bpb sd": [0.01, 0.01, 0.01],
+                "seeds": [3, 3, 3],
+            }
+        )
+        (tmp_path / "table.csv").unlink(missing_ok=True)
+        t.to_csv(tmp_path / "table.csv", index=False)
+        return "\n".join(table2_section(tmp_path, PAPER_DIR))
+
+    # noise = 3 x 0.01 x sqrt(2/3) = 0.0245
+    assert "no ranking" in section([2.50, 2.51, 2.52])
+    lead = section([2.50, 2.51, 2.70])
+    assert "**dijiang**" in lead and "inside the seed noise" in lead and "no ranking" not in lead
+    clear = section([2.40, 2.51, 2.70])
+    assert "**dijiang**" in clear and "seed noise" not in clear

@@ -107,22 +107,50 @@ def table2_section(out: Path, paper_dir: Path) -> list[str]:
         if "avg" in t.columns and t["avg"].notna().any():
             agree = ranking_agreement(t["avg"], paper_scores)
             lines.append(f"- {describe_tau(agree, 'average accuracy')}")
-        best = _best(t)
-        if best:
-            lines.append(f"- Best converted method here: **{best[0]}** by {best[1]}; the paper's best: **DiJiang**.")
+        for col, what, pick in (
+            ("next_line", "next-line accuracy", "idxmax"),
+            ("heldout_ppl bpb", "bits per byte", "idxmin"),
+        ):
+            best = _best_by(t, col, pick)
+            if best is not None:
+                noise = _noise(t, col, pick)
+                lines.append(f"- Best converted method by {what}: **{best}**; the paper's best: **DiJiang**.{noise}")
     return lines
 
 
-def _best(t: pd.DataFrame) -> tuple[str, str] | None:
-    """The best *converted* method (the teacher and from-scratch models are left out)."""
+def _converted(t: pd.DataFrame) -> pd.DataFrame:
+    """The rows of *converted* methods (the teacher and from-scratch models are left out)."""
     from harness.registry import get_method, list_methods
 
-    conv = t.loc[[m for m in t.index if m != "softmax" and m in list_methods() and get_method(m).convertible]]
-    if "next_line" in conv.columns and conv["next_line"].notna().any():
-        return str(conv["next_line"].idxmax()), "next-line accuracy"
-    if "heldout_ppl bpb" in conv.columns:
-        return str(conv["heldout_ppl bpb"].idxmin()), "held-out bits per byte"
-    return None
+    return t.loc[[m for m in t.index if m != "softmax" and m in list_methods() and get_method(m).convertible]]
+
+
+def _best_by(t: pd.DataFrame, col: str, pick: str) -> str | None:
+    conv = _converted(t)
+    if col not in conv.columns or not conv[col].notna().any():
+        return None
+    return str(getattr(conv[col], pick)())
+
+
+def _noise(t: pd.DataFrame, col: str, pick: str) -> str:
+    """Whether the converted methods' means differ by more than their seed noise (3 x the median
+    per-seed sd x sqrt(2 / seeds), as in :mod:`harness.report.compare`); a ranking inside the noise is
+    no ranking."""
+    conv = _converted(t)
+    if f"{col} sd" not in conv.columns or "seeds" not in conv.columns or not conv[f"{col} sd"].notna().any():
+        return ""
+    noise = 3 * float(conv[f"{col} sd"].median()) * (2 / max(1.0, float(conv["seeds"].median()))) ** 0.5
+    ordered = conv[col].sort_values(ascending=pick == "idxmax")  # best last
+    gap = float(abs(ordered.iloc[-1] - ordered.iloc[-2])) if len(ordered) > 1 else float("nan")
+    spread = float(abs(ordered.iloc[-1] - ordered.iloc[0]))
+    if spread <= noise:
+        return (
+            f" All converted methods lie within {spread:.3g} of each other, inside the seed noise ({noise:.3g}): "
+            "no ranking."
+        )
+    if gap <= noise:
+        return f" Its lead over the next method ({gap:.3g}) is inside the seed noise ({noise:.3g})."
+    return ""
 
 
 def scale_section(out: Path, paper_dir: Path, paper_table: str) -> list[str]:
