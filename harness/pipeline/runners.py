@@ -438,6 +438,9 @@ class KernelAblationParams:
     tokens: int = 256
     repeats: int = 5
     pairs: int = 2048
+    #: also run the estimators on Gaussian queries and keys of the same shape with this standard
+    #: deviation (a control with benign inputs: does an estimator converge at all?); null: no control
+    control_std: float | None = 0.5
 
 
 class KernelAblationRunner(Runner):
@@ -446,6 +449,8 @@ class KernelAblationRunner(Runner):
     Params = KernelAblationParams
 
     def run(self, exp: Experiment, p: KernelAblationParams, ctx: stages.Context) -> Output:
+        import torch
+
         from harness.attention_maps import queries_keys
         from harness.evaluate import load_model
         from harness.kernel_ablation import ablation_rows, slope
@@ -454,15 +459,28 @@ class KernelAblationRunner(Runner):
         teacher = stages.teacher(ctx, exp.profile.teacher(p.teacher), 0)
         path = stages._source(teacher)
         q, k = queries_keys(load_model(path), heldout_ids(ctx, path, p.tokens), p.layer)
-        frame = pd.DataFrame(ablation_rows(q, k, p.feature_counts, p.repeats, p.pairs))
-        means = frame.groupby(["estimator", "m"], sort=False)["rel_error"].mean().reset_index()
+        inputs = {"teacher": (q, k)}
+        if p.control_std is not None:
+            g = torch.Generator().manual_seed(0)
+            inputs[f"gaussian std {p.control_std:g}"] = tuple(
+                torch.randn(q.shape, generator=g, dtype=torch.float64) * p.control_std for _ in range(2)
+            )
+        frame = pd.concat(
+            [
+                pd.DataFrame(ablation_rows(a, b, p.feature_counts, p.repeats, p.pairs)).assign(inputs=name)
+                for name, (a, b) in inputs.items()
+            ],
+            ignore_index=True,
+        )
+        means = frame.groupby(["inputs", "estimator", "m"], sort=False)["rel_error"].mean().reset_index()
         slopes = [
             {
+                "inputs": i,
                 "estimator": e,
                 "loglog_slope": slope(g["m"].tolist(), g["rel_error"].tolist()),
                 "error_at_max_m": float(g["rel_error"].iloc[-1]),
             }
-            for e, g in means.groupby("estimator", sort=False)
+            for (i, e), g in means.groupby(["inputs", "estimator"], sort=False)
         ]
         out = ctx.root / exp.name
         return Output(

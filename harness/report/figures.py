@@ -77,15 +77,18 @@ def plot_attention_maps(maps: dict[str, np.ndarray], stem: Path) -> list[Path]:
 
 
 def plot_kernel_ablation(frame: pd.DataFrame, stem: Path) -> list[Path]:
-    """Relative error of exp(q.k) estimates against feature count m (log-log), per estimator."""
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for est, g in frame.groupby("estimator", sort=False):
-        curve = g.groupby("m")["rel_error"].mean()
-        ax.loglog(curve.index, curve.values, marker="o", label=est)
-    ax.set_xlabel("feature count m")
-    ax.set_ylabel("mean relative error of exp(q.k)")
-    ax.set_title("Kernel approximation error")
-    ax.legend(fontsize=8)
+    """Relative error of exp(q.k) estimates against feature count m (log-log), per estimator; one
+    panel per input set (``inputs`` column: the teacher's queries and keys, a Gaussian control)."""
+    groups = list(frame.groupby("inputs", sort=False)) if "inputs" in frame.columns else [("", frame)]
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
+    for ax, (inputs, part) in zip(axes[0], groups):
+        for est, g in part.groupby("estimator", sort=False):
+            curve = g.groupby("m")["rel_error"].mean()
+            ax.loglog(curve.index, curve.values, marker="o", label=est)
+        ax.set_xlabel("feature count m")
+        ax.set_ylabel("mean relative error of exp(q.k)")
+        ax.set_title(f"Kernel approximation error{f' ({inputs})' if inputs else ''}")
+        ax.legend(fontsize=8)
     return save(fig, stem)
 
 
