@@ -41,6 +41,8 @@ def test_every_experiment_writes_results_and_report(smoke):
     for phase in ("prefill", "decode"):
         assert f"{phase}** — tokens/s (x softmax, same sweep)" in speed
     assert "| softmax" in speed and "(1.00x)" in speed and "prefill peak memory" in speed
+    kernel = report.split("## kernel_ablation")[1].split("\n## ")[0]  # a verdict per input set
+    assert kernel.count("the claimed ~1/m rate") == 2 and "gaussian std" in kernel
 
 
 def test_second_run_reuses_everything(smoke, capsys):
