@@ -219,10 +219,9 @@ class _CountTruncations(logging.Filter):
         self.count = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "Truncating" in record.getMessage() and "from the left" in record.getMessage():
-            self.count += 1
-            return False
-        return True
+        truncated = "tokens from the left" in record.getMessage()
+        self.count += truncated
+        return not truncated
 
 
 def load_tasks(tasks: Sequence[str], manager: Any) -> list[Any]:

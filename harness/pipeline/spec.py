@@ -116,8 +116,8 @@ def load_profile(name: str, directory: Path = EXPERIMENTS_DIR) -> Profile:
             shape=t,
         )
     fields = {f.name for f in dataclasses.fields(Profile)} - {"name", "teachers"}
-    required = {f.name for f in dataclasses.fields(Profile) if f.default is dataclasses.MISSING} & fields
-    required -= {f.name for f in dataclasses.fields(Profile) if f.default_factory is not dataclasses.MISSING}
+    no_default = dataclasses.MISSING
+    required = {f.name for f in dataclasses.fields(Profile) if f.default is f.default_factory is no_default} & fields
     missing, unknown = sorted(required - set(raw)), sorted(set(raw) - fields)
     if missing or unknown:
         raise SpecError(f"profile {name!r}: missing {missing}, unknown {unknown} keys.")

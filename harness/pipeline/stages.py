@@ -122,11 +122,10 @@ def _source(teacher_run: Run | str) -> str:
 def convert(ctx: Context, t: Teacher, teacher_run: Run | str, method: str, fraction: float, seed: int = 0) -> Run:
     """Convert the teacher to ``method`` and fine-tune on ``fraction`` of its pretraining tokens."""
     tokens = max(ctx.profile.batch_size * ctx.profile.block_size, math.ceil(t.tokens * fraction))
-    options = dict(ctx.profile.method_options.get(method, {}))
     cfg = TrainConfig(
         model=_source(teacher_run),
         mixer=method,
-        **({"mixer_options": options} if options else {}),
+        mixer_options=dict(ctx.profile.method_options.get(method, {})),
         **_base(ctx, seed, tokens, ctx.profile.convert),
     )
     return _run(ctx, convert_label(t, method, fraction, seed), cfg, method)
@@ -173,7 +172,9 @@ def evaluate_model(
         tasks=list(ev["tasks"]),
         corpus=ctx.profile.data,
         # next_line's choices must fit the window with context to spare: lines of at most half of it
-        data_spec=OfflineDataSpec(**{"max_line_chars": min(160, max_length // 2), **ev.get("data", {})}),
+        data_spec=OfflineDataSpec(
+            **{"max_line_chars": min(OfflineDataSpec.max_line_chars, max_length // 2), **ev.get("data", {})}
+        ),
         limit=ev.get("limit"),
         max_length=max_length,
         model_name=name,

@@ -175,61 +175,64 @@ def scale_section(out: Path, paper_dir: Path, paper_table: str) -> list[str]:
 
 
 def speed_section(out: Path, paper_dir: Path) -> list[str]:
-    """Fig. 4: decoding and prefill throughput per method against L, as speedups over softmax measured
-    in the same sweep, beside the DiJiang/Transformer ratio of the official README's plot."""
+    """Fig. 4: decoding and prefill throughput per method against L, with the speedups over softmax
+    that the benchmark's own analysis (:func:`harness.bench.analysis.analyse`) computes, beside the
+    DiJiang/Transformer ratio of the official README's plot."""
+    from harness.bench.analysis import REFERENCE, analyse
+
     rows = _read(out / "results.csv")
     if rows is None:
         return ["(not run)"]
     ok = rows[rows["status"] == "ok"]
+    speedups = pd.DataFrame(analyse(ok.to_dict("records"))["speedups"])
     lines: list[str] = []
     for (shape, phase), g in ok.groupby(["shape", "phase"], sort=False):
         tps = g.pivot_table(index="method", columns="seq_len", values="tokens_per_s")
-        if "softmax" not in tps.index:
+        if REFERENCE not in tps.index:
             continue
-        tps = tps.loc[["softmax", *[m for m in tps.index if m != "softmax"]]]
-        ratio = tps / tps.loc["softmax"]
+        tps = tps.loc[[REFERENCE, *[m for m in tps.index if m != REFERENCE]]]
+        sp = speedups[(speedups["shape"] == shape) & (speedups["phase"] == phase)]
+        ratio = sp.pivot_table(index="method", columns="seq_len", values="speedup").reindex_like(tps)
+        ratio.loc[REFERENCE] = 1.0
         cells = tps.apply(lambda col: col.map(lambda v: f"{v:,.0f}")) + ratio.apply(
             lambda col: col.map(lambda v: f" ({v:.2f}x)")
         )
         cells = cells.where(tps.notna(), "skip").reset_index()
         cells.columns = ["method", *[f"{c:,}" for c in tps.columns]]
-        lines += [f"**{shape}, {phase}** — tokens/s (x softmax, same sweep):", "", _md(cells), ""]
+        lines += [f"**{shape}, {phase}** — tokens/s (x {REFERENCE}, same sweep):", "", _md(cells), ""]
         if phase == "prefill" and "mem_peak_bytes" in g.columns:
             mem = g.pivot_table(index="method", columns="seq_len", values="mem_peak_bytes") / 2**20
             mem = mem.loc[tps.index.intersection(mem.index, sort=False)].reset_index()
             mem.columns = ["method", *[f"{c:,}" for c in mem.columns[1:]]]
             lines += [f"**{shape}, prefill peak memory** (MiB):", "", _md(mem), ""]
     paper = _read(paper_dir / "speed_readme_plot.csv")
-    decode = ok[ok["phase"] == "decode"].pivot_table(
-        index=["shape", "seq_len"], columns="method", values="tokens_per_s"
-    )
-    if paper is not None and {"dijiang", "softmax"} <= set(decode.columns):
+    ours = speedups[(speedups["method"] == "dijiang") & (speedups["phase"] == "decode")] if len(speedups) else speedups
+    if paper is not None and len(ours):
         wide = paper.pivot_table(index="seq_len", columns="model", values="tokens_per_s")
         paper_ratio = wide["dijiang"] / wide["transformer"]
-        comp = []
-        for (shape, L), r in decode.iterrows():
-            if L in paper_ratio.index:
-                comp.append(
-                    {
-                        "shape": shape,
-                        "L": L,
-                        "ours dijiang/softmax decode": r["dijiang"] / r["softmax"],
-                        "paper dijiang/transformer (README plot)": paper_ratio[L],
-                    }
-                )
-        if comp:
-            last = comp[-1]
+        comp = pd.DataFrame(
+            [
+                {
+                    "shape": r.shape,
+                    "L": r.seq_len,
+                    "ours dijiang/softmax decode": r.speedup,
+                    "paper dijiang/transformer (README plot)": paper_ratio[r.seq_len],
+                }
+                for r in ours.itertuples()
+                if r.seq_len in paper_ratio.index
+            ]
+        )
+        if len(comp):
+            last = comp.iloc[-1]
             lines += [
                 f"- At L = {last['L']:,} ({last['shape']}), DiJiang decodes "
                 f"{last['ours dijiang/softmax decode']:.2f}x as fast as softmax here; the README plot shows "
                 f"{last['paper dijiang/transformer (README plot)']:.2f}x.",
                 "",
-            ]
-            lines += [
                 "**Against the paper** (the official README's throughput plot; the paper's Fig. 4 has no "
                 "readable numbers; its model and hardware are unlabeled, so only the ratios compare):",
                 "",
-                _md(pd.DataFrame(comp)),
+                _md(comp),
                 "",
             ]
     return lines
