@@ -24,11 +24,21 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from harness.hf_cache import CACHE_NAMES
 from harness.mixer import MixerConfig, MixerConfigError, TokenMixer
 from harness.projections import positions_from_mask
 from harness.registry import build_mixer
 
 LAYOUTS: tuple[str, ...] = ("neox", "llama")
+#: the field of transformers' CausalLMOutputWithPast that holds the cache (``cache`` from 5.24 on)
+_OUTPUT_CACHE_FIELD = next(n for n in CACHE_NAMES if n in CausalLMOutputWithPast.__dataclass_fields__)
+
+
+def _one_cache(cache: MixerCache | None, past_key_values: MixerCache | None) -> MixerCache | None:
+    """The cache passed under the current name (``cache``) or the pre-5.24 one (``past_key_values``)."""
+    if cache is not None and past_key_values is not None:
+        raise ValueError("pass the decoding cache once, as `cache` (or `past_key_values` before transformers 5.24)")
+    return cache if cache is not None else past_key_values
 
 
 class MixerLMConfig(PretrainedConfig):
@@ -233,7 +243,7 @@ class MixerLMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["DecoderBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = list(CACHE_NAMES)
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
@@ -287,18 +297,22 @@ class MixerLMModel(MixerLMPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: MixerCache | None = None,
+        cache: MixerCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool = False,
         mixer_form: str | None = None,
+        past_key_values: MixerCache | None = None,
     ) -> tuple[torch.Tensor, MixerCache | None]:
+        """Hidden states after the final norm, and the decoding cache (``None`` unless ``use_cache``
+        or a cache was passed). ``past_key_values`` is the cache's name before transformers 5.24."""
+        cache = _one_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         B, T, _ = x.shape
-        if use_cache and past_key_values is None:
-            past_key_values = MixerCache(len(self.layers))
-        past = past_key_values.seen_tokens if past_key_values is not None else 0
+        if use_cache and cache is None:
+            cache = MixerCache(len(self.layers))
+        past = cache.seen_tokens if cache is not None else 0
         if attention_mask is not None:
             if (
                 attention_mask.dim() != 2
@@ -317,13 +331,13 @@ class MixerLMModel(MixerLMPreTrainedModel):
             position_ids = positions_from_mask(attention_mask, B, past, T, x.device)
         form = mixer_form or self.config.mixer_form
         for i, layer in enumerate(self.layers):
-            state = past_key_values.states[i] if past_key_values is not None else None
+            state = cache.states[i] if cache is not None else None
             x, new_state = layer(x, position_ids, state, form, attention_mask)
-            if past_key_values is not None:
-                past_key_values.states[i] = new_state
-        if past_key_values is not None:
-            past_key_values.seen_tokens = past + T
-        return self.norm(x), past_key_values
+            if cache is not None:
+                cache.states[i] = new_state
+        if cache is not None:
+            cache.seen_tokens = past + T
+        return self.norm(x), cache
 
 
 class MixerLMForCausalLM(MixerLMPreTrainedModel, GenerationMixin):
@@ -348,22 +362,27 @@ class MixerLMForCausalLM(MixerLMPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: MixerCache | None = None,
+        cache: MixerCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         mixer_form: str | None = None,
+        past_key_values: MixerCache | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Next-token logits; ``labels`` (same shape as input_ids, -100 ignored) adds the shifted
-        cross-entropy ``loss``. ``use_cache`` returns a :class:`MixerCache` to continue from."""
-        use_cache = bool(use_cache) and not self.training if use_cache is not None else past_key_values is not None
+        cross-entropy ``loss``. ``use_cache`` returns a :class:`MixerCache` to continue from, in the
+        output field this transformers declares (``cache`` from 5.24, ``past_key_values`` before;
+        read it with :func:`harness.hf_cache.output_cache`). The cache is taken as ``cache`` or, as
+        transformers before 5.24 passes it, ``past_key_values``."""
+        cache = _one_cache(cache, past_key_values)
+        use_cache = bool(use_cache) and not self.training if use_cache is not None else cache is not None
         hidden, cache = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             mixer_form=mixer_form,
@@ -378,7 +397,7 @@ class MixerLMForCausalLM(MixerLMPreTrainedModel, GenerationMixin):
                 labels[:, 1:].reshape(-1).to(logits.device),
                 ignore_index=-100,
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{_OUTPUT_CACHE_FIELD: cache})
 
 
 AutoConfig.register(MixerLMConfig.model_type, MixerLMConfig)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from harness import MixerConfig, MixerConfigError, MixerLMConfig, build_mixer, capabilities, get_method
 from harness.convert import convert_checkpoint
 from harness.feature_maps import positive_features
+from harness.hf_cache import output_cache
 from tests.hf_checkpoints import make_neox
 
 ATTENTION_BASELINES = ["performer", "linformer", "cosformer", "retnet"]
@@ -399,7 +400,7 @@ def test_mamba_causal_and_generation_equals_forward(tiny_mamba):
             seq = torch.cat((seq, model(seq).logits[:, -1].argmax(-1, keepdim=True)), 1)
     assert torch.equal(gen, seq)
     with torch.no_grad():
-        cache = model(ids[:, :10], use_cache=True).cache_params
+        cache = output_cache(model(ids[:, :10], use_cache=True))
     held = sum(
         cache.get_conv_state(i, state_idx=0).numel() + cache.get_recurrent_state(i, state_idx=0).numel()
         for i in range(model.config.num_hidden_layers)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from harness import MixerConfig, MixerLMConfig, MixerLMForCausalLM, build_mixer, get_method, list_methods
+from harness.hf_cache import output_cache
 
 MIXERS = [m for m in list_methods() if get_method(m).kind == "mixer"]
 T_ODD = 37  # not a multiple of any chunk size used here
@@ -110,7 +111,7 @@ def test_state_size_is_what_is_cached(method):
     ids = torch.randint(0, 64, (3, 21))
     out = model(ids, use_cache=True)
     per_seq = sum(layer.mixer.state_size(21) for layer in model.model.layers)
-    assert out.past_key_values.numel() == 3 * per_seq
+    assert output_cache(out).numel() == 3 * per_seq
 
 
 @pytest.mark.parametrize("layout", ["neox", "llama"])
@@ -120,11 +121,11 @@ def test_incremental_decoding_equals_forward(method, layout):
     full = model(ids).logits
     out = model(ids[:, :17], use_cache=True)
     logits = [out.logits]
-    cache = out.past_key_values
+    cache = output_cache(out)
     for t in range(17, 30):
-        out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+        out = model(ids[:, t : t + 1], cache=cache, use_cache=True)
         logits.append(out.logits)
-        cache = out.past_key_values
+        cache = output_cache(out)
     assert rel_err(torch.cat(logits, 1), full) <= 1e-4
 
 
@@ -147,6 +148,49 @@ def test_generate_equals_greedy_forward(method):
     full = model(out.sequences).logits[:, 11:19]
     assert rel_err(gen_logits, full) <= 1e-4
     assert torch.equal(out.sequences[:, 12:], gen_logits.argmax(-1))
+
+
+@pytest.mark.parametrize("mode", ["beam", "sample"])
+def test_cached_generate_equals_uncached(method, mode):
+    """Beam search (the cache reordered between beams) and seeded sampling give the same tokens with
+    the model's cache as with full forward passes at every step (``use_cache=False``)."""
+    model = tiny_model(method)
+    prompt = torch.randint(1, 64, (2, 9))
+    kwargs = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=7, pad_token_id=0)
+    if mode == "beam":
+        kwargs.update(num_beams=3, do_sample=False)
+    else:
+        kwargs.update(do_sample=True, top_k=0, temperature=1.0)
+    outs = []
+    for use_cache in (True, False):
+        torch.manual_seed(123)
+        outs.append(model.generate(prompt, use_cache=use_cache, **kwargs))
+    assert outs[0].shape[1] > prompt.shape[1]
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_no_transformers_deprecation_warning(method):
+    """Forward, cached continuation and generate use only the cache name this transformers
+    declares: its deprecation shims (``past_key_values``/``cache_params`` since 5.24) never fire."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    root = hf_logging.get_logger()
+    root.addHandler(handler)
+    hf_logging.get_logger().warning_once.cache_clear()
+    try:
+        model = tiny_model(method)
+        ids = torch.randint(1, 64, (2, 9))
+        out = model(ids, use_cache=True)
+        model(ids[:, -1:], cache=output_cache(out), use_cache=True)
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False, pad_token_id=0)
+    finally:
+        root.removeHandler(handler)
+    assert not [r.getMessage() for r in records if "deprecat" in r.getMessage().lower()]
 
 
 def test_left_padding_is_ignored(method):

@@ -8,7 +8,7 @@ random hidden states; model shapes run :class:`~harness.modeling.MixerLMForCausa
   decoding cache (a :class:`~harness.modeling.MixerCache`); for whole models only the last position's
   logits are computed (``logits_to_keep=1``), as generation does.
 * decode: ``n`` tokens, one at a time, continuing from the prompt's cache with
-  ``model(..., past_key_values=cache, use_cache=True)`` — the KV cache for softmax, the recurrent
+  ``model(..., cache=cache, use_cache=True)`` — the KV cache for softmax, the recurrent
   state for linear methods (each method's ``recurrent`` form where it has one). Whole models feed
   back their greedy choice; layers get pre-built random hidden states.
 * train: forward and backward over ``L`` tokens (no optimizer step: its cost does not depend on
@@ -19,7 +19,6 @@ random hidden states; model shapes run :class:`~harness.modeling.MixerLMForCausa
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from harness.bench.shapes import Shape
+from harness.hf_cache import cache_kwarg, output_cache
 from harness.modeling import MixerCache, MixerLMConfig, MixerLMForCausalLM, MixerLMModel
 from harness.registry import get_method
 
@@ -141,12 +141,6 @@ def default_forms(method: str) -> tuple[str, str]:
     return cls.default_form, decode
 
 
-def _hf_cache_arg(model: nn.Module) -> str:
-    """Keyword a Hugging Face model takes its decoding cache under (Mamba: ``cache_params``)."""
-    params = inspect.signature(model.forward).parameters
-    return "cache_params" if "cache_params" in params else "past_key_values"
-
-
 class Workload:
     """Inputs and closures of the three phases for one model at one length.
 
@@ -171,7 +165,7 @@ class Workload:
         self.decode_tokens, self.device, self.dtype = decode_tokens, device, dtype
         self.layer = shape.kind == "layer"
         self.native = isinstance(model, (MixerLMModel, MixerLMForCausalLM))
-        self.cache_arg = "past_key_values" if self.native else _hf_cache_arg(model)
+        self.cache_arg = cache_kwarg(model)
         self.forms = default_forms(method)
         self.prompt_cache: Any = None
         self._decode_state: dict[str, Any] = {}
@@ -201,7 +195,7 @@ class Workload:
         if last_only:
             kwargs["logits_to_keep"] = 1
         out = self.model(**kwargs)
-        return out.logits, getattr(out, self.cache_arg, None)
+        return out.logits, output_cache(out)
 
     # -- prefill -----------------------------------------------------------------------------
     def _prefill(self) -> Any:

@@ -19,20 +19,21 @@ def decode_throughput(model_path: str | Path, prompt_len: int, new_tokens: int =
     At the tiny profile a token takes ~1-3 ms, so 32 tokens x 3 repeats (the first setting) gave
     values that moved by 2x between two runs on the same idle machine; 128 x 5 costs ~1 s a model."""
     from harness.evaluate import load_model
+    from harness.hf_cache import cache_kwarg, output_cache
 
     model = load_model(str(model_path)).eval()
     vocab = model.get_output_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(0)).to(model.device)
     out = model(ids, use_cache=True, logits_to_keep=1)
-    cache_name = "past_key_values" if out.get("past_key_values") is not None else "cache_params"
-    prompt_cache = out[cache_name]
+    cache_name = cache_kwarg(model)
+    prompt_cache = output_cache(out)
     times = []
     for _ in range(repeats):
         cache, tok = copy.deepcopy(prompt_cache), ids[:, -1:]
         start = time.perf_counter()
         for _ in range(new_tokens):
             out = model(tok, use_cache=True, **{cache_name: cache})
-            cache, tok = out[cache_name], out.logits[:, -1:].argmax(-1)
+            cache, tok = output_cache(out), out.logits[:, -1:].argmax(-1)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
