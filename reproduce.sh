@@ -106,8 +106,11 @@ ensure_env() {
   esac
 }
 
+# the whole suite, or the test files/node ids given (pytest options pass through either way)
 run_tests() {
-  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "$PY" -m pytest -q tests "$@"
+  local target=tests a
+  for a in "$@"; do case "$a" in tests/* | *.py | *::*) target= ;; esac; done
+  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "$PY" -m pytest -q $target "$@"
 }
 
 # re-resolve, test, and rewrite the lock only when green
