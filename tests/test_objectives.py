@@ -1,0 +1,95 @@
+"""Training objectives of the conversion recipes (harness/objectives.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness import MixerLMConfig, MixerLMForCausalLM
+from harness.convert_model import convert_model
+from harness.objectives import ObjectiveError, make_objective, new_parameter_names
+
+
+def teacher() -> MixerLMForCausalLM:
+    torch.manual_seed(0)
+    cfg = MixerLMConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64
+    )
+    return MixerLMForCausalLM(cfg).eval()
+
+
+def ids(seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 64, (4, 24), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("method", ["dijiang", "retnet"])
+def test_transfer_trains_only_new_mixer_parameters_and_lowers_layer_mse(method):
+    t = teacher()
+    s = convert_model(t, method)
+    before = {n: p.detach().clone() for n, p in s.named_parameters()}
+    obj = make_objective("transfer", s, t)
+    trainable = {n for n, p in s.named_parameters() if p.requires_grad}
+    assert trainable == set(new_parameter_names(s, t)) and trainable
+    assert all(".mixer." in n and not any(k in n for k in ("q_proj", "k_proj", "v_proj", "o_proj")) for n in trainable)
+    opt = torch.optim.AdamW([p for p in s.parameters() if p.requires_grad], lr=1e-2)
+    x = ids()
+    with torch.no_grad():
+        mse0 = obj.loss(s, x).item()
+    for step in range(25):
+        loss = obj.loss(s, ids(step))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        mse1 = obj.loss(s, x).item()
+    assert mse1 < 0.5 * mse0
+    changed = {n for n, p in s.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= trainable
+    assert all(not p.requires_grad for p in t.parameters())
+
+
+def test_transfer_target_is_the_teacher_attention_output():
+    """A softmax student converted from a softmax teacher reproduces each layer exactly: MSE 0."""
+    t = teacher()
+    obj = make_objective("transfer", convert_model(t, "dijiang"), t)
+    student = convert_model(t, "softmax")
+    with torch.no_grad():
+        assert obj.loss(student, ids()).item() < 1e-12
+        assert obj.loss(convert_model(t, "dijiang"), ids()).item() > 1e-8
+
+
+def test_transfer_refuses_a_method_without_new_parameters():
+    t = teacher()
+    with pytest.raises(ObjectiveError, match="has none"):
+        make_objective("transfer", convert_model(t, "performer"), t)
+
+
+def test_distill_of_an_exact_copy_is_the_scaled_lm_loss_and_pulls_toward_the_teacher():
+    t = teacher()
+    copy = convert_model(t, "softmax")
+    x = ids()
+    obj = make_objective("distill", copy, t, {"alpha": 0.3, "temperature": 2.0})
+    with torch.no_grad():
+        assert obj.loss(copy, x).item() == pytest.approx(0.7 * copy(input_ids=x, labels=x).loss.item(), rel=1e-5)
+    student = convert_model(t, "dijiang")
+    pure = make_objective("distill", student, t, {"alpha": 1.0, "temperature": 1.0})
+    opt = torch.optim.AdamW(student.parameters(), lr=3e-3)
+    with torch.no_grad():
+        kl0 = pure.loss(student, x).item()
+    for step in range(20):
+        loss = pure.loss(student, ids(step))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        assert pure.loss(student, x).item() < kl0
+
+
+def test_bad_objective_inputs_are_named():
+    t = teacher()
+    with pytest.raises(ObjectiveError, match="unknown objective"):
+        make_objective("kd", t, t)
+    with pytest.raises(ObjectiveError, match="needs a teacher"):
+        make_objective("distill", t, None)
+    with pytest.raises(ObjectiveError, match="alpha"):
+        make_objective("distill", t, t, {"alpha": 2.0})
