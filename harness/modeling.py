@@ -47,6 +47,11 @@ class MixerLMConfig(PretrainedConfig):
     ``mixer`` names a registered method (``harness.list_methods()``); ``mixer_options`` are its
     method-specific options; ``mixer_form`` forces one computational form (``None``: each method's
     default, with ``recurrent`` for one-token decoding steps).
+
+    Hybrid models give some layers another method: ``layer_mixers`` maps a layer index to
+    ``{"mixer": name, "options": {...}}`` (e.g. keep softmax attention in layers 1 and 3 of a DiJiang
+    model), and ``mixer`` may also be a list with one name per layer. ``layer_selection`` records how
+    the layers were chosen (free-form provenance, e.g. the criterion and its per-layer scores).
     """
 
     model_type = "mixer_lm"
@@ -61,9 +66,11 @@ class MixerLMConfig(PretrainedConfig):
         head_dim: int | None = None,
         intermediate_size: int | None = None,
         layout: str = "neox",
-        mixer: str = "softmax",
+        mixer: str | list[str] = "softmax",
         mixer_options: dict[str, Any] | None = None,
         mixer_form: str | None = None,
+        layer_mixers: dict[int | str, dict[str, Any]] | None = None,
+        layer_selection: dict[str, Any] | None = None,
         partial_rotary_factor: float | None = None,
         rope_theta: float = 10000.0,
         max_position_embeddings: int = 2048,
@@ -87,8 +94,9 @@ class MixerLMConfig(PretrainedConfig):
         self.head_dim = head_dim or hidden_size // num_attention_heads
         self.intermediate_size = intermediate_size or 4 * hidden_size
         self.layout = layout
-        self.mixer = mixer
         self.mixer_options = dict(mixer_options or {})
+        self.mixer, self.layer_mixers = _normalise_layer_mixers(mixer, layer_mixers, num_hidden_layers)
+        self.layer_selection = dict(layer_selection) if layer_selection else None
         self.mixer_form = mixer_form
         self.partial_rotary_factor = (0.25 if neox else 1.0) if partial_rotary_factor is None else partial_rotary_factor
         self.rope_theta = rope_theta
@@ -101,8 +109,30 @@ class MixerLMConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
+    def layer_method(self, layer_idx: int) -> str:
+        """The method of layer ``layer_idx`` (``mixer`` unless ``layer_mixers`` overrides it)."""
+        override = self.layer_mixers.get(layer_idx)
+        return override["mixer"] if override else self.mixer
+
+    @property
+    def layer_methods(self) -> list[str]:
+        """The method of every layer, in order."""
+        return [self.layer_method(i) for i in range(self.num_hidden_layers)]
+
+    @property
+    def is_hybrid(self) -> bool:
+        """Whether the layers do not all use one method."""
+        return len(set(self.layer_methods)) > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["layer_mixers"] = {str(i): v for i, v in sorted(self.layer_mixers.items())}  # JSON keys are strings
+        return d
+
     def mixer_config(self, layer_idx: int) -> MixerConfig:
-        """The :class:`MixerConfig` of layer ``layer_idx``."""
+        """The :class:`MixerConfig` of layer ``layer_idx`` (its own options in a hybrid)."""
+        override = self.layer_mixers.get(layer_idx)
+        options = override.get("options", {}) if override else self.mixer_options
         rotary_dim = int(self.head_dim * self.partial_rotary_factor)
         rotary_dim -= rotary_dim % 2
         return MixerConfig(
@@ -117,8 +147,37 @@ class MixerLMConfig(PretrainedConfig):
             out_bias=self.attention_bias,
             layer_idx=layer_idx,
             n_layers=self.num_hidden_layers,
-            options=dict(self.mixer_options),
+            options=dict(options),
         )
+
+
+def _normalise_layer_mixers(
+    mixer: str | list[str], overrides: dict[int | str, dict[str, Any]] | None, n_layers: int
+) -> tuple[str, dict[int, dict[str, Any]]]:
+    """(default method, {layer: {"mixer", "options"}}) from ``mixer`` (a name, or one per layer) and
+    ``layer_mixers``; overrides equal to the default are dropped, so a plain model has none."""
+    if isinstance(mixer, (list, tuple)):
+        if len(mixer) != n_layers:
+            raise MixerConfigError(f"mixer lists {len(mixer)} methods for {n_layers} layers; give one per layer.")
+        names = list(mixer)
+        mixer = max(set(names), key=lambda n: (names.count(n), -names.index(n)))
+        overrides = {**{i: {"mixer": n} for i, n in enumerate(names) if n != mixer}, **(overrides or {})}
+    out: dict[int, dict[str, Any]] = {}
+    for key, spec in (overrides or {}).items():
+        try:
+            i = int(key)
+        except (TypeError, ValueError):
+            raise MixerConfigError(f"layer_mixers key {key!r} is not a layer index.") from None
+        if not 0 <= i < n_layers:
+            raise MixerConfigError(f"layer_mixers names layer {i}; the model has layers 0..{n_layers - 1}.")
+        if not isinstance(spec, dict) or "mixer" not in spec or set(spec) - {"mixer", "options"}:
+            raise MixerConfigError(
+                f"layer_mixers[{i}] must be {{'mixer': NAME, 'options': {{...}}}} (options optional), got {spec!r}."
+            )
+        entry = {"mixer": spec["mixer"], "options": dict(spec.get("options") or {})}
+        if entry["mixer"] != mixer or entry["options"]:
+            out[i] = entry
+    return mixer, out
 
 
 class RMSNorm(nn.Module):
@@ -175,7 +234,7 @@ class DecoderBlock(GradientCheckpointingLayer):
         )
         self.input_norm = norm()
         self.post_norm = norm()
-        self.mixer: TokenMixer = build_mixer(c.mixer, c.mixer_config(layer_idx))
+        self.mixer: TokenMixer = build_mixer(c.layer_method(layer_idx), c.mixer_config(layer_idx))
         self.mlp = NeoXMLP(c) if neox else SwiGLUMLP(c)
         self.parallel_residual = neox and c.use_parallel_residual
 
