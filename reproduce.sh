@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for everything:
 #   ./reproduce.sh [--profile tiny|smoke|paper] [--only EXPERIMENT ...] [--data PATH] [--dry-run] [--force]
-#                             reproduce the paper (default: the tiny profile, CPU, offline) into a run
-#                             directory of its own and compare it with the committed reference
+#                             reproduce the paper (default: the tiny profile, CPU, offline): write
+#                             runs/<profile>/REPORT.md and compare with the committed results/<profile>/
 #                             (results/README.md); idempotent and resumable after a kill
 #   ./reproduce.sh test [PYTEST ARGS]   run the test suite
 #   ./reproduce.sh lint       ruff

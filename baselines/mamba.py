@@ -10,8 +10,8 @@ trained on the teacher's tokens, built with ``transformers``' ``MambaForCausalLM
   picks up their fused CUDA kernels by itself. This module never imports those packages (nor
   transformers' Mamba modules) at import time.
 
-**Design: a registry entry of kind "model"** (not a :class:`~harness.mixer.TokenMixer` wrapping
-``MambaMixer`` inside our decoder). Inside our decoder blocks (each with an attention-style MLP) it
+**Design: an architecture, not a token mixer** (:class:`harness.architecture.Architecture`, registered
+with ``register_architecture``). Inside our decoder blocks (each with an attention-style MLP) it
 would be a hybrid that is neither the published Mamba nor what the paper's table lists, and
 transformers' ``MambaMixer`` cannot continue a multi-token chunk from a saved state (its
 full-sequence scan starts from zero), which our mixer contract requires. So ``mamba`` appears in
@@ -20,33 +20,32 @@ the registry (``python -m harness methods``, every table) with its capabilities 
 there is no quadratic form) — and the model-level contract (causality, generation = forward,
 save/load, finite gradients, a training step) is tested in ``tests/test_baselines.py``.
 
-Building the model for a teacher::
+Building the model for a teacher goes through the suite's one factory, like every method::
 
-    from baselines.mamba import build_mamba_lm
-    model = build_mamba_lm(teacher_config)            # a transformers PreTrainedModel
-    model = build_mamba_lm("path/to/pythia-410m")     # or a checkpoint dir / hub id (config only)
-    model = build_mamba_lm(teacher_config, param_budget=350_000_000)
+    from harness.factory import ModelSpec, build_model
+    model = build_model(ModelSpec("mamba", teacher="path/to/pythia-410m"))   # sized after a checkpoint
+    model = build_model(ModelSpec("mamba", config=teacher_config))           # or a config
+    model = build_model(ModelSpec("mamba", config=cfg, options={"num_hidden_layers": 3}))
 
-``build_mamba_lm`` keeps the teacher's width and vocabulary, uses Mamba's published block settings
+:func:`build_mamba_lm` keeps the teacher's width and vocabulary, uses Mamba's published block settings
 (expand 2, state size 16, conv width 4, dt rank ceil(d/16), tied embeddings, as the released
 Mamba models) and chooses the number of layers so that the total parameter count is closest to the
 teacher's (or to ``param_budget``) — the Mamba paper's own matching (it sets Mamba-370M, 48 layers
 at d=1024, against Pythia-410M). For Pythia-410M (405.3M parameters, untied embeddings) this gives
 53 layers at d=1024 (404.9M). The result works with ``generate``, ``save_pretrained`` /
 ``AutoModelForCausalLM.from_pretrained`` and lm-eval's HF wrapper like any HF model.
-``get_method("mamba").build_model`` is the same function, for code that walks the registry.
 """
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+from transformers import AutoModelForCausalLM, PretrainedConfig
 
-from harness.mixer import MixerConfig, MixerConfigError, TokenMixer
-from harness.registry import register_mixer
+from harness.architecture import Architecture
+from harness.mixer import MixerConfigError
+from harness.registry import register_architecture
 
 if TYPE_CHECKING:  # imported lazily: transformers' Mamba module looks for mamba-ssm when imported
     from transformers import MambaConfig, MambaForCausalLM
@@ -58,18 +57,6 @@ if TYPE_CHECKING:  # imported lazily: transformers' Mamba module looks for mamba
 MAMBA_DEFAULTS: dict[str, Any] = dict(
     state_size=16, expand=2, conv_kernel=4, use_bias=False, use_conv_bias=True, use_mambapy=True
 )
-
-
-def _teacher_config(teacher: PretrainedConfig | str | os.PathLike) -> PretrainedConfig:
-    if isinstance(teacher, PretrainedConfig):
-        return teacher
-    try:
-        return AutoConfig.from_pretrained(str(teacher))
-    except (OSError, ValueError) as err:
-        raise MixerConfigError(
-            f"cannot read a teacher config from {str(teacher)!r} ({err}); pass a transformers config or a "
-            "checkpoint directory with config.json."
-        ) from None
 
 
 def count_parameters(config: PretrainedConfig) -> int:
@@ -103,7 +90,7 @@ def match_layers(hidden_size: int, vocab_size: int, param_budget: int, **overrid
 
 
 def build_mamba_lm(
-    teacher: PretrainedConfig | str | os.PathLike | None = None,
+    teacher: PretrainedConfig | None = None,
     *,
     param_budget: int | None = None,
     hidden_size: int | None = None,
@@ -113,13 +100,13 @@ def build_mamba_lm(
 ) -> MambaForCausalLM:
     """A freshly initialised ``MambaForCausalLM`` matching a teacher's parameter count.
 
-    ``teacher``: a transformers config (GPT-NeoX, LLaMA, ``mixer_lm``, ...) or a checkpoint
-    directory / hub id whose config is read. Width and vocabulary come from the teacher unless
+    ``teacher``: a transformers config (GPT-NeoX, LLaMA, ``mixer_lm``, ...; a checkpoint's is read
+    by :func:`harness.factory.build_model`). Width and vocabulary come from the teacher unless
     given; ``num_hidden_layers`` defaults to the count matching ``param_budget`` (default: the
     teacher's total parameters). ``overrides`` go to ``MambaConfig`` (e.g. ``state_size``,
     ``expand``, ``tie_word_embeddings``). The teacher's bos/eos/pad token ids are carried over.
     """
-    cfg = _teacher_config(teacher) if teacher is not None else None
+    cfg = teacher
     d = hidden_size or (cfg.hidden_size if cfg is not None else None)
     V = vocab_size or (cfg.vocab_size if cfg is not None else None)
     if d is None or V is None:
@@ -145,22 +132,32 @@ def mamba_state_size(config: MambaConfig, seq_len: int = 0) -> int:
     return config.num_hidden_layers * inner * (config.conv_kernel + config.state_size)
 
 
-@register_mixer("mamba")
-class Mamba(TokenMixer):
-    """Registry entry of the Mamba language model (kind ``model``); see the module docstring."""
+@register_architecture("mamba")
+class Mamba(Architecture):
+    """The Mamba language model as a method of kind ``model``; see the module docstring."""
 
-    kind: ClassVar[str] = "model"
     forms: ClassVar[tuple[str, ...]] = ("recurrent",)
     default_form: ClassVar[str] = "recurrent"
-    uses_rotary: ClassVar[bool] = False
-    convertible: ClassVar[bool] = False
     supports_left_padding: ClassVar[bool] = True  # transformers zeroes padded positions before the scan
     paper = "Gu & Dao 2023, Mamba: Linear-Time Sequence Modeling with Selective State Spaces (Sec. 3, Alg. 2)"
-    build_model = staticmethod(build_mamba_lm)
-    model_state_size = staticmethod(mamba_state_size)
+    model_type = "mamba"
 
-    def __init__(self, config: MixerConfig) -> None:
-        raise MixerConfigError(
-            "method 'mamba' is a whole language model (kind='model'), not a token mixer for the decoder: "
-            "build it with baselines.mamba.build_mamba_lm(teacher_config)."
-        )
+    @classmethod
+    def build(cls, reference: PretrainedConfig, *, match: str = "params", **options: Any) -> MambaForCausalLM:
+        """``match="params"``: :func:`build_mamba_lm` sized to the reference's parameter count (options such
+        as ``num_hidden_layers``, ``param_budget``, ``state_size`` go to it); ``"layers"``: the reference's
+        width, vocabulary and depth, nothing else taken from it (MQAR's equal-size comparison)."""
+        if match == "layers":
+            return build_mamba_lm(
+                None,
+                hidden_size=reference.hidden_size,
+                vocab_size=reference.vocab_size,
+                num_hidden_layers=reference.num_hidden_layers,
+                **options,
+            )
+        return build_mamba_lm(reference, **options)
+
+    @classmethod
+    def state_size(cls, config: MambaConfig, seq_len: int) -> int:
+        """:func:`mamba_state_size`: constant in ``seq_len``."""
+        return mamba_state_size(config, seq_len)

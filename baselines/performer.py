@@ -33,6 +33,10 @@ prefix sums (Section 2.6), i.e. the shared forms of :mod:`harness.ops.linear_att
   key exponent of its window loses precision (the output stays finite); ``recurrent`` has no such
   window and matches the float64 definition even where plain float32 FAVOR+ underflows to 0/0.
 
+Attention map (paper Fig. 3): the ``parallel`` form's, from :meth:`Performer.attention_inputs` — the
+same stabilised features, over the whole input as one window — so the map drawn is the function the
+model computes (the contract tests check ``map @ V`` against the output).
+
 State per sequence: ``H x m x (d + 1)`` (prefix sums of ``phi(k) v^T`` and ``phi(k)``) plus the
 ``H x m`` key stabilisers.
 
@@ -50,7 +54,6 @@ from typing import Any
 
 import torch
 
-from harness.feature_maps import positive_features, token_max
 from harness.linear_mixer import LinearAttentionMixer
 from harness.mixer import MixerConfig, MixerConfigError
 from harness.ops.linear_attention import linear_attention, linear_state_size
@@ -131,12 +134,6 @@ class Performer(LinearAttentionMixer):
         xs = self._scaled(x)
         return xs @ self.features.to(xs.dtype).T - 0.5 * xs.pow(2).sum(-1, keepdim=True)
 
-    def feature_map(self, x: torch.Tensor, position_ids: torch.Tensor, is_query: bool) -> torch.Tensor:
-        """Plain FAVOR+ features ``exp(W x' - |x'|^2/2) / sqrt(m)`` with a per-token shift for queries
-        (for inspection; :meth:`forward` uses the running per-feature key stabiliser instead)."""
-        xs = self._scaled(x)
-        return positive_features(xs, self.features, token_max(xs, self.features) if is_query else None)
-
     def stabilised_features(
         self,
         q: torch.Tensor,
@@ -165,6 +162,26 @@ class Performer(LinearAttentionMixer):
         fq = torch.exp(aq - aq.detach().amax(dim=-1, keepdim=True)) / math.sqrt(self.m)
         return fq, fk, c
 
+    def _heads(
+        self, x: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """q, k, v (B, H, T, d) with grouped-query heads repeated, and ``keep`` (B, 1, T, 1) marking
+        real tokens (None without padding)."""
+        T = x.shape[1]
+        q, k, v = self.project(x, position_ids)
+        rep = self.config.n_heads // self.config.n_kv_heads
+        keep = None if attention_mask is None else attention_mask[:, -T:][:, None, :, None]
+        return q, repeat_kv(k, rep), repeat_kv(v, rep), keep
+
+    def attention_inputs(
+        self, x: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """phi(q), phi(k), v of a fresh sequence taken as one window, as the ``parallel`` form
+        computes them (:meth:`stabilised_features`); the attention map is built from these."""
+        q, k, v, keep = self._heads(x, position_ids, attention_mask)
+        fq, fk, _ = self.stabilised_features(q, k, keep, None)
+        return fq, fk, v.to(fk.dtype)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -182,11 +199,7 @@ class Performer(LinearAttentionMixer):
             self._calls += 1
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask, B, 0, T, x.device)
-        q, k, v = self.project(x, position_ids)
-        rep = self.config.n_heads // self.config.n_kv_heads
-        keep = None if attention_mask is None else attention_mask[:, -T:][:, None, :, None]
-        v = repeat_kv(v, rep)
-        k = repeat_kv(k, rep)
+        q, k, v, keep = self._heads(x, position_ids, attention_mask)
         s_run, c_run = (None, None) if state is None else state
         # the key stabiliser is updated causally between windows: the whole call (parallel), each
         # chunk (chunk) or each token (recurrent); all compute the same function

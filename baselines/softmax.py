@@ -14,8 +14,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from harness.mixer import MixerConfig
-from harness.projections import ProjectedMixer, positions_from_mask
+from harness.mixer import AttentionMap, MixerConfig
+from harness.projections import ProjectedMixer, positions_from_mask, repeat_kv
 from harness.registry import register_mixer
 
 #: spare capacity allocated when a KV cache grows: a quarter of its new length, at least this many tokens
@@ -108,6 +108,19 @@ class SoftmaxAttention(ProjectedMixer):
             q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.scale, enable_gqa=rep > 1
         )
         return self.proj.out(o), new_state
+
+    def attention_map(self, x: torch.Tensor, *, position_ids: torch.Tensor | None = None) -> AttentionMap:
+        """``softmax(q k^T / sqrt(d))`` under the causal mask (Eq. 1), explicitly; ``A V`` through
+        ``o_proj`` is what :meth:`forward` computes with SDPA."""
+        B, T, _ = x.shape
+        if position_ids is None:
+            position_ids = positions_from_mask(None, B, 0, T, x.device)
+        q, k, v = self.project(x, position_ids)
+        rep = q.shape[1] // k.shape[1]
+        k, v = repeat_kv(k, rep), repeat_kv(v, rep)
+        future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+        weights = ((q @ k.transpose(-1, -2)) * self.scale).masked_fill(future, float("-inf")).softmax(-1)
+        return AttentionMap(weights, v, self.proj.out)
 
     def state_size(self, seq_len: int) -> int:
         """K and V for every past token: 2 x heads_kv x head_dim x seq_len."""

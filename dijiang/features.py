@@ -188,10 +188,8 @@ class WDCFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor, is_query: bool) -> torch.Tensor:
         """Features of ``input_scale * x``. ``x @ P`` is one matmul for all heads (the DCT as a d x d
-        matrix: for d = 64 as fast as scipy's FFT-based DCT and 6x faster than one through torch.fft,
-        measured, see dijiang/README.md). The scale and ``log2(e)`` are
-        folded into ``P`` and the exponential is taken as ``exp2`` (measured 2-3x faster than ``exp``
-        on CPU); the exponent is shifted and exponentiated in place (autograd needs neither input)."""
+        matrix). The scale and ``log2(e)`` are folded into ``P`` and the exponential is taken as
+        ``exp2``; the exponent is shifted and exponentiated in place (autograd needs neither input)."""
         s = self.input_scale * LOG2E
         u = x @ (self.projection.to(x.dtype) * s)
         if self.norm_term:

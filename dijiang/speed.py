@@ -20,7 +20,9 @@ state of a 512- and a 32768-token context, against softmax decoding with a KV ca
 state memory per sequence.
 
 ``--threads N`` sets torch's thread count; ``--keep-freed-memory`` lets glibc keep freed memory for
-reuse (:func:`keep_freed_memory`; by default large tensors page-fault afresh on every call).
+reuse (the ``"keep"`` policy of :func:`harness.timing.set_malloc_policy`; by default large tensors
+page-fault afresh on every call). Timing and provenance are the suite's own (:mod:`harness.timing`,
+:mod:`harness.provenance`).
 
 Results (table on stdout, JSON and markdown) go to ``results/op_speed/op_speed_<UTC time>.{json,md}``
 (never overwritten) and ``latest.{json,md}`` beside them. No timing is asserted anywhere: this is a
@@ -30,12 +32,9 @@ measurement, not a test.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,8 @@ from dijiang.decay import PerHeadDecay, official_position_decay
 from dijiang.features import SoftmaxDCTFeatures, WDCFeatures
 from harness.io import atomic_write_text
 from harness.ops.linear_attention import linear_attention
-from harness.provenance import commit_label, cpu_model
+from harness.provenance import environment
+from harness.timing import set_malloc_policy, time_round_robin
 
 DEFAULT_OUT = Path("results/op_speed")
 TARGETS = {"chunk_vs_sdpa_2048": 3.0, "chunk_vs_sdpa_8192": 8.0, "chunk_vs_official_8192": 50.0, "decode_ratio": 1.2}
@@ -60,62 +60,8 @@ def load_average() -> list[float] | None:
 
 
 def metadata(dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
-    return {
-        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": commit_label(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu": cpu_model(),
-        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-        "threads": torch.get_num_threads(),
-        "dtype": str(dtype).replace("torch.", ""),
-        "load_average_start": load_average(),
-    }
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the OS
-    (``mallopt(M_MMAP_THRESHOLD, 256 MiB)``, ``mallopt(M_TRIM_THRESHOLD, 1 GiB)``) — what PyTorch's CPU
-    performance guide gets by switching to jemalloc/tcmalloc. Without it, every large tensor a call
-    allocates is fresh memory whose pages fault on first touch (about 1.4 us per 4 KiB page measured
-    on this suite's VMs). Returns False where glibc is not available."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc <malloc.h>
-        return bool(libc.mallopt(m_mmap_threshold, 256 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
-    except (OSError, AttributeError):
-        return False
-
-
-# -- timing -----------------------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_round_robin(
-    fns: dict[str, Callable[[], Any]], reps: dict[str, int], device: torch.device, warmup: int = 1
-) -> dict[str, list[float]]:
-    """Seconds per call for each function, interleaved: round r calls every function still owed a
-    repetition, so slow phases of a shared machine hit all methods alike."""
-    with torch.inference_mode():
-        for fn in fns.values():
-            for _ in range(warmup):
-                fn()
-        _sync(device)
-        times: dict[str, list[float]] = {name: [] for name in fns}
-        for r in range(max(reps.values())):
-            for name, fn in fns.items():
-                if r >= reps[name]:
-                    continue
-                _sync(device)
-                t0 = time.perf_counter()
-                fn()
-                _sync(device)
-                times[name].append(time.perf_counter() - t0)
-    return times
+    """The run's provenance (:func:`harness.provenance.environment`) and the load average at its start."""
+    return {**environment(device, dtype, packages=("torch",)), "load_average_start": load_average()}
 
 
 def matmul_peak(
@@ -351,7 +297,7 @@ def to_markdown(res: dict[str, Any]) -> str:
     lines = [
         "# DiJiang attention-op speed (`python -m dijiang.speed`)",
         "",
-        f"{m['date_utc']} · commit `{m['git_commit']}` · torch {m['torch']} · {m['cpu']} · "
+        f"{m['date']} · commit `{m['git_commit']}` · torch {m['torch']} · {m['cpu']} · "
         f"{m['threads']} threads · {m['dtype']} · load average {m['load_average_start']} -> {m['load_average_end']}"
         f" · malloc keeps freed memory: {m.get('malloc_keeps_freed_memory', False)}",
         "",
@@ -388,7 +334,7 @@ def to_markdown(res: dict[str, Any]) -> str:
 
 def save(res: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     """Write ``op_speed_<time>.json/.md`` (new files; an existing name is an error) and ``latest.*``."""
-    stamp = res["meta"]["date_utc"].replace(":", "").replace("-", "").replace("+0000", "Z")
+    stamp = res["meta"]["date"].replace(":", "").replace("-", "").replace("+0000", "Z")
     js, md = out_dir / f"op_speed_{stamp}.json", out_dir / f"op_speed_{stamp}.md"
     if js.exists() or md.exists():
         raise FileExistsError(f"{js} already exists; results are never overwritten (wait a second and rerun).")
@@ -417,12 +363,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--keep-freed-memory",
         action="store_true",
-        help="glibc keeps freed memory for reuse (as jemalloc/tcmalloc do); see keep_freed_memory()",
+        help="glibc keeps freed memory for reuse (as jemalloc/tcmalloc do); see harness.timing.set_malloc_policy",
     )
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    kept = keep_freed_memory() if a.keep_freed_memory else False
+    kept = set_malloc_policy("keep") if a.keep_freed_memory else False
     ints = lambda s: tuple(int(v) for v in s.split(",") if v)  # noqa: E731
     res = run(
         lengths=ints(a.lengths),

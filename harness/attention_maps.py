@@ -1,17 +1,17 @@
 """Queries and keys of a model on real text, and the attention maps its mixers imply (paper Fig. 3).
 
-For softmax attention the map is ``softmax(q k^T / sqrt d)`` (causal). For a linear-attention mixer
-(:class:`harness.linear_mixer.LinearAttentionMixer`) it is the matrix the linear form computes
-implicitly, ``A_ij = gamma^(i-j) phi(q_i) . phi(k_j)`` for ``j <= i``, shown row-normalised (by the
-sum of ``|A_ij|``), so maps of different methods are comparable; nothing is trained here.
+Every map comes from the mixer's own :meth:`~harness.mixer.TokenMixer.attention_map`, the weights its
+``parallel`` form applies, computed by the code the model runs: ``softmax(q k^T / sqrt d)`` (causal)
+for softmax attention; for a linear-attention mixer the matrix its forms compute implicitly,
+``A_ij = gamma^(i-j) phi(q_i) . phi(k_j)`` for ``j <= i`` (Performer's with its stabilised
+features). Maps are shown row-normalised by the sum of ``|A_ij|``, so maps of different methods
+are comparable; nothing is trained here.
 """
 
 from __future__ import annotations
 
 import torch
 
-from harness.linear_mixer import LinearAttentionMixer
-from harness.ops.linear_attention import _causal_decay_mask
 from harness.projections import repeat_kv
 
 
@@ -50,21 +50,12 @@ def implied_attention(model: torch.nn.Module, input_ids: torch.Tensor, layer: in
     """The (T, T) attention map of layer ``layer``'s mixer on one sequence, averaged over heads."""
     x = layer_inputs(model, input_ids[:1], layer)
     mixer = model.model.layers[layer].mixer
-    T = x.shape[1]
-    pos = torch.arange(T, device=x.device)[None]
-    q, k, _ = mixer.project(x, pos)
-    k = repeat_kv(k, q.shape[1] // k.shape[1])
-    if isinstance(mixer, LinearAttentionMixer):
-        fq, fk = mixer.feature_map(q, pos, True), mixer.feature_map(k, pos, False)
-        scores = (fq @ fk.transpose(-1, -2)) * _causal_decay_mask(mixer.log_decay(), T, fq)
-        scores = scores.abs()
-        maps = scores / scores.sum(-1, keepdim=True).clamp_min(1e-30)
-    elif mixer.name == "softmax":
-        s = (q @ k.transpose(-1, -2)) * mixer.scale
-        s = s.masked_fill(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
-        maps = s.softmax(-1)
-    else:
-        raise ValueError(f"method {mixer.name!r} has no implied attention map (not softmax or feature-map linear).")
+    pos = torch.arange(x.shape[1], device=x.device)[None]
+    try:
+        weights = mixer.attention_map(x, position_ids=pos).weights.abs()
+    except NotImplementedError:
+        raise ValueError(f"method {mixer.name!r} exposes no attention map (TokenMixer.attention_map).") from None
+    maps = weights / weights.sum(-1, keepdim=True).clamp_min(1e-30)
     return maps[0].mean(0)
 
 

@@ -3,13 +3,20 @@
 Each command lives in its own module exposing ``add_arguments(parser)`` and ``main(args) -> int``;
 modules are imported only when their command runs, so one command's optional dependencies never
 break another.
+
+Errors a user can cause (a misspelt method, a missing checkpoint, an unknown experiment, bad YAML,
+an unknown config key...) are caught here, once for every command: they print one line,
+``error: ...``, and exit with status 2. The types are listed in :data:`USER_ERRORS` by module and
+name, so listing one imports nothing; set ``HARNESS_TRACEBACK=1`` to see the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from typing import NoReturn
 
 #: command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -24,9 +31,53 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("harness.report.compare", "do two runs of a profile agree up to seed noise?"),
 }
 
+#: exceptions that mean "the user asked for something that cannot work" (module, class name): their
+#: message names the fix. Only types whose module is already imported are checked (an exception of
+#: a type can only have been raised once its module is loaded).
+USER_ERRORS: tuple[tuple[str, str], ...] = (
+    ("harness.errors", "UserError"),
+    ("harness.pipeline.spec", "SpecError"),
+    ("harness.registry", "UnknownMethodError"),
+    ("harness.mixer", "MixerConfigError"),
+    ("harness.convert", "CheckpointError"),
+    ("harness.train", "TrainConfigError"),
+    ("harness.train", "RunExistsError"),
+    ("harness.train", "TrainingDiverged"),
+    ("harness.data.corpus", "CorpusError"),
+    ("harness.data.tokenizer", "TokenizerError"),
+    ("harness.evaluate", "EvalInputError"),
+    ("harness.lm_eval_tasks.data", "OfflineDataError"),
+    ("harness.mqar", "MQARConfigError"),
+    ("harness.bench.shapes", "UnknownShapeError"),
+    ("harness.bench.store", "ResultsFileError"),
+)
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """The :data:`USER_ERRORS` types among the modules imported so far."""
+    found = []
+    for module, name in USER_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            found.append(cls)
+    return tuple(found)
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (YAML and other parsers' messages span several)."""
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    return " ".join(text.split()) or type(err).__name__
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, reporting a bad command line in one line (and exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m harness", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((a for a in argv if not a.startswith("-")), None)
@@ -43,4 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except Exception as err:
+        if not isinstance(err, user_error_types()) or os.environ.get("HARNESS_TRACEBACK"):
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted (reproduce and train resume where they stopped when run again).", file=sys.stderr)
+        return 130

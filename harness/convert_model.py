@@ -43,8 +43,19 @@ def attention_weights(mixer: TokenMixer) -> AttentionWeights:
 
 
 @torch.no_grad()
-def convert_model(teacher: MixerLMForCausalLM, mixer: str, options: dict[str, Any] | None = None) -> MixerLMForCausalLM:
+def convert_model(
+    teacher: MixerLMForCausalLM,
+    mixer: str,
+    options: dict[str, Any] | None = None,
+    *,
+    layer_mixers: dict[int, dict[str, Any]] | None = None,
+    layer_selection: dict[str, Any] | None = None,
+) -> MixerLMForCausalLM:
     """A new model with ``mixer`` (and its ``options``) in every layer, initialised from ``teacher``.
+
+    A hybrid gives some layers another method (``layer_mixers``, as in
+    :class:`~harness.modeling.MixerLMConfig`, e.g. softmax kept in layer 2) and records how they were
+    chosen (``layer_selection``); a teacher's own per-layer methods never carry over.
 
     Embeddings, norms, MLPs and the head are copied exactly; the mixers receive the teacher's Q/K/V/O
     through :meth:`~harness.mixer.TokenMixer.init_from_attention`; method-specific parameters of the
@@ -56,7 +67,13 @@ def convert_model(teacher: MixerLMForCausalLM, mixer: str, options: dict[str, An
     cfg = teacher.config.to_dict()
     for key in ("model_type", "transformers_version", "architectures", "dtype", "torch_dtype"):
         cfg.pop(key, None)
-    cfg.update(mixer=mixer, mixer_options=dict(options or {}), mixer_form=None)
+    cfg.update(
+        mixer=mixer,
+        mixer_options=dict(options or {}),
+        mixer_form=None,
+        layer_mixers=dict(layer_mixers or {}),
+        layer_selection=layer_selection,
+    )
     cfg["converted_from_mixer"] = teacher.config.mixer
     student = MixerLMForCausalLM(MixerLMConfig(**cfg))
     param = next(teacher.parameters())

@@ -14,8 +14,19 @@ from harness.convert import convert_checkpoint
 from harness.registry import get_method, list_methods
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tokens", type=int, default=16, help="tokens to generate per method")
+    parser.add_argument("--tokens", type=positive_int, default=16, help="tokens to generate per method (default 16)")
 
 
 def main(args: argparse.Namespace) -> int:

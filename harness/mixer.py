@@ -9,7 +9,15 @@ registry, the tests, the benchmarks and the tables can treat every method alike:
   ``chunk`` (linear-time training and prefill), ``recurrent`` (constant memory per decoded token).
 * ``uses_rotary``: whether it consumes rotary position embeddings.
 * ``convertible``: whether it can be initialised from a pretrained attention's Q/K/V/O weights.
+* ``supports_left_padding``: whether padding at the start of a batched sequence leaves the real
+  tokens' outputs unchanged (the contract tests check it where declared).
 * :meth:`TokenMixer.state_size`: how many numbers it caches per sequence for decoding.
+* :meth:`TokenMixer.attention_map` (optional): the token-to-token weights its parallel form applies,
+  for mixers that have them (paper Fig. 3 draws them); the contract tests check that the weights,
+  applied to the values, give the mixer's own output.
+
+Whole architectures that are not a mixer inside the suite's decoder (Mamba) are registered under
+:class:`harness.architecture.Architecture` instead, with the same capability attributes.
 
 Decoding state is explicit: ``forward(x, state=s)`` continues from ``s`` and returns the new state,
 so prefill (``chunk``) followed by token-by-token decoding (``recurrent``) is the same computation as
@@ -19,6 +27,7 @@ one forward pass over the whole sequence.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -94,6 +103,25 @@ class AttentionWeights:
     o_bias: torch.Tensor | None = None
 
 
+@dataclass
+class AttentionMap:
+    """The attention a mixer's parallel form applies to one input (see :meth:`TokenMixer.attention_map`).
+
+    ``weights`` (B, H, T, T): row ``i`` holds the weights of value rows ``j <= i`` (zero above the
+    diagonal); ``values`` (B, H, T, d_v): the rows they mix; ``readout``: the mixer's output path,
+    mixed values (B, H, T, d_v) -> output (B, T, D). :meth:`output` is then the mixer's parallel
+    output, so the map shown is the function the model runs.
+    """
+
+    weights: torch.Tensor
+    values: torch.Tensor
+    readout: Callable[[torch.Tensor], torch.Tensor]
+
+    def output(self) -> torch.Tensor:
+        """``readout(weights @ values)``: the mixer's output computed through the map."""
+        return self.readout(self.weights @ self.values.to(self.weights.dtype))
+
+
 class TokenMixer(nn.Module):
     """Base class of every token mixer. Subclasses set the class attributes and implement
     :meth:`forward` (and :meth:`state_size`).
@@ -108,6 +136,7 @@ class TokenMixer(nn.Module):
     default_form: ClassVar[str] = "parallel"
     uses_rotary: ClassVar[bool] = False
     convertible: ClassVar[bool] = True
+    supports_left_padding: ClassVar[bool] = True
     paper: ClassVar[str] = ""
     Options: ClassVar[type | None] = None
 
@@ -138,6 +167,13 @@ class TokenMixer(nn.Module):
     def state_size(self, seq_len: int) -> int:
         """Numbers cached per sequence (all heads of this layer) after ``seq_len`` tokens."""
         raise NotImplementedError
+
+    def attention_map(self, x: torch.Tensor, *, position_ids: torch.Tensor | None = None) -> AttentionMap:
+        """Optional: the attention weights this mixer's ``parallel`` form applies to ``x`` (B, T, D),
+        computed by the same code as :meth:`forward` (a fresh sequence, no padding). Mixers whose
+        output is not a weighted sum of per-token values (e.g. Linformer's compressed summaries)
+        leave it out; :func:`has_attention_map` tells whether a class provides it."""
+        raise NotImplementedError(f"method {self.name!r} exposes no attention map")
 
     def init_from_attention(self, weights: AttentionWeights) -> None:
         """Initialise from a pretrained attention's projections (conversion, paper Algorithm 1)."""
@@ -172,6 +208,11 @@ class TokenMixer(nn.Module):
                 f"got {total_len}; raise max_seq_len in the model config (where the method allows) "
                 "or shorten the input."
             )
+
+
+def has_attention_map(cls: type[TokenMixer]) -> bool:
+    """Whether mixer class ``cls`` provides the optional :meth:`TokenMixer.attention_map`."""
+    return cls.attention_map is not TokenMixer.attention_map
 
 
 def parse_options(cls: type[TokenMixer], options: dict[str, Any]) -> Any:

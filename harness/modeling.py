@@ -28,6 +28,7 @@ from harness.hf_cache import CACHE_NAMES
 from harness.mixer import MixerConfig, MixerConfigError, TokenMixer
 from harness.projections import positions_from_mask
 from harness.registry import build_mixer
+from harness.tensor_tree import map_tensors, tensors_in
 
 LAYOUTS: tuple[str, ...] = ("neox", "llama")
 #: the field of transformers' CausalLMOutputWithPast that holds the cache (``cache`` from 5.24 on)
@@ -270,31 +271,11 @@ class MixerCache:
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Select batch rows (beam search)."""
-        self.states = [_map_tensors(s, lambda t: t.index_select(0, beam_idx.to(t.device))) for s in self.states]
+        self.states = [map_tensors(s, lambda t: t.index_select(0, beam_idx.to(t.device))) for s in self.states]
 
     def numel(self) -> int:
         """Numbers held in all layers' states (the measured cache size)."""
-        return sum(t.numel() for s in self.states for t in _flatten_tensors(s))
-
-
-def _map_tensors(obj: Any, fn: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_map_tensors(o, fn) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _map_tensors(v, fn) for k, v in obj.items()}
-    return obj
-
-
-def _flatten_tensors(obj: Any) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, (tuple, list)):
-        return [t for o in obj for t in _flatten_tensors(o)]
-    if isinstance(obj, dict):
-        return [t for o in obj.values() for t in _flatten_tensors(o)]
-    return []
+        return sum(t.numel() for s in self.states for t in tensors_in(s))
 
 
 class MixerLMPreTrainedModel(PreTrainedModel):

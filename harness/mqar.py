@@ -8,7 +8,7 @@ a power law, every key again as a query followed by its value. The model must pr
 query key, the value paired with it in the context. Softmax attention solves it with an induction
 head; a fixed-size recurrent state (linear attention) must compress all pairs, which is where it
 falls behind (Zoology, Fig. 2) — hence accuracy is reported against
-:meth:`harness.mixer.TokenMixer.state_size`.
+:func:`harness.factory.decode_state_size`.
 
 ``inputs``/``targets`` are aligned (not shifted): ``targets[b, t]`` is the token to predict *from*
 position ``t`` — the value, at query-key positions — and ``-100`` everywhere else.
@@ -31,6 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from harness.factory import decode_state_size
+from harness.schedules import warmup_cosine
 
 IGNORE_INDEX = -100
 
@@ -149,24 +152,12 @@ class MQARTrainConfig:
 
 
 def build_mqar_model(method: str, data: MQARConfig, train: MQARTrainConfig) -> Any:
-    """The small model of an MQAR run: a :class:`~harness.MixerLMForCausalLM` with ``method`` in
-    every layer, or — for a registered method of kind ``model`` such as ``mamba`` — that method's
-    own architecture (``build_model``) at the same width, depth and vocabulary."""
-    from harness.modeling import MixerLMConfig, MixerLMForCausalLM
-    from harness.registry import get_method
+    """The small model of an MQAR run (:func:`harness.factory.build_model`): the suite's decoder with
+    ``method`` in every layer, or — for a method of kind ``model`` such as ``mamba`` — that
+    architecture at the same width, depth and vocabulary (``match="layers"``)."""
+    from harness.factory import ModelSpec, build_model
+    from harness.modeling import MixerLMConfig
 
-    cls = get_method(method)
-    if cls.kind == "model":
-        build = getattr(cls, "build_model", None)
-        if build is None:
-            raise MQARConfigError(f"method {method!r} (kind 'model') has no build_model to train it with.")
-        return build(
-            None,
-            hidden_size=train.d_model,
-            vocab_size=data.vocab_size,
-            num_hidden_layers=train.n_layers,
-            **train.mixer_options,
-        )
     config = MixerLMConfig(
         vocab_size=data.vocab_size,
         hidden_size=train.d_model,
@@ -174,27 +165,10 @@ def build_mqar_model(method: str, data: MQARConfig, train: MQARTrainConfig) -> A
         num_attention_heads=train.n_heads,
         intermediate_size=2 * train.d_model,
         layout=train.layout,
-        mixer=method,
-        mixer_options=dict(train.mixer_options),
         mixer_form=train.mixer_form,
         max_position_embeddings=data.seq_len,
     )
-    return MixerLMForCausalLM(config)
-
-
-def state_size(model: Any, seq_len: int, method: str | None = None) -> int:
-    """Numbers cached per sequence for decoding after ``seq_len`` tokens, all layers: the sum of
-    :meth:`~harness.mixer.TokenMixer.state_size` over the layers' mixers, or — for ``method`` of
-    kind ``model`` — its ``model_state_size(config, seq_len)``."""
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    if layers is not None and all(hasattr(layer, "mixer") for layer in layers):
-        return int(sum(layer.mixer.state_size(seq_len) for layer in layers))
-    from harness.registry import get_method
-
-    measure = getattr(get_method(method), "model_state_size", None) if method else None
-    if measure is None:
-        raise MQARConfigError(f"cannot tell the state size of a {type(model).__name__}; name its method.")
-    return int(measure(model.config, seq_len))
+    return build_model(ModelSpec(method, config=config, options=train.mixer_options, match="layers"))
 
 
 @torch.no_grad()
@@ -210,13 +184,6 @@ def mqar_accuracy(model: Any, inputs: torch.Tensor, targets: torch.Tensor, batch
         correct += int((pred[mask] == y[mask]).sum())
         total += int(mask.sum())
     return correct / max(total, 1)
-
-
-def _lr_at(step: int, train: MQARTrainConfig) -> float:
-    if step < train.warmup_steps:
-        return train.lr * (step + 1) / train.warmup_steps
-    progress = (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps)
-    return train.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def train_mqar(
@@ -242,6 +209,7 @@ def train_mqar(
         lr=train.lr,
         betas=(0.9, 0.98),
     )
+    decay_steps = max(1, train.steps - train.warmup_steps)
     start = time.perf_counter()
     loss_value = float("nan")
     model.train()
@@ -250,7 +218,7 @@ def train_mqar(
         x, y = generate_mqar(data, train.batch_size, seed=hash_seed(train.seed, "train", step))
         x, y = x.to(device), y.to(device)
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, train)
+            group["lr"] = warmup_cosine(step, peak=train.lr, warmup_steps=train.warmup_steps, decay_steps=decay_steps)
         logits = model(input_ids=x).logits
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), ignore_index=IGNORE_INDEX)
         if not torch.isfinite(loss):
@@ -263,7 +231,7 @@ def train_mqar(
     x_eval, y_eval = generate_mqar(data, train.eval_examples, seed=hash_seed(train.seed, "eval", 0))
     acc = mqar_accuracy(model, x_eval, y_eval)
     n = int((y_eval != IGNORE_INDEX).sum())
-    total_state = state_size(model, data.seq_len, method)
+    total_state = decode_state_size(model, data.seq_len, method)
     return {
         "model": f"mqar-{method}-d{train.d_model}-L{train.n_layers}",
         "method": method,

@@ -92,8 +92,15 @@ class AttentionTransfer(Objective):
     def __init__(self, teacher: nn.Module) -> None:
         self.teacher = teacher
         self._seen: list[tuple[torch.Tensor, dict[str, Any], torch.Tensor]] = []
-        for layer in teacher.model.layers:
-            layer.mixer.register_forward_hook(self._record, with_kwargs=True)
+        self._hooks = [
+            layer.mixer.register_forward_hook(self._record, with_kwargs=True) for layer in teacher.model.layers
+        ]
+
+    def close(self) -> None:
+        """Remove the recording hooks from the teacher."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
 
     def _record(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
         x = args[0] if args else kwargs["x"]
@@ -110,7 +117,7 @@ class AttentionTransfer(Objective):
 
     def loss(self, model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
         targets = self.layer_targets(ids)
-        layers = model.model.layers
+        layers = getattr(model, "module", model).model.layers  # unwrapped from DDP
         if len(targets) != len(layers):
             raise ObjectiveError(f"teacher has {len(targets)} layers, the student {len(layers)}.")
         losses = [

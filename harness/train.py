@@ -39,7 +39,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,8 +48,13 @@ from typing import Any
 import torch
 
 from harness.data.corpus import CorpusError, load_corpus
-from harness.data.packing import BlockSampler, PackedBlocks, _atomic_write, pack
-from harness.data.tokenizer import TokenizerError, check_vocab, load_tokenizer
+from harness.data.packing import BlockSampler, PackedBlocks, pack
+from harness.data.tokenizer import check_vocab, load_tokenizer
+from harness.fingerprint import Fingerprint, all_method_modules, fingerprint, method_modules
+from harness.io import atomic_write_json, atomic_write_text
+from harness.objectives import OBJECTIVES, make_objective
+from harness.provenance import environment
+from harness.schedules import warmup_cosine
 
 #: the default model: a tiny GPT-NeoX-layout softmax teacher for the byte tokenizer
 DEFAULT_MODEL: dict[str, Any] = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
@@ -115,6 +119,11 @@ class TrainConfig:
     stop_after: int | None = None
     progress: bool = True
     overwrite: bool = False
+    objective: str = "lm"
+    teacher: str | None = None
+    objective_options: dict[str, Any] = field(default_factory=dict)
+    layer_mixers: dict[str, Any] = field(default_factory=dict)
+    layer_selection: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.tokens = int(float(self.tokens))
@@ -153,8 +162,19 @@ class TrainConfig:
         need(self.checkpoint_every >= 0 and self.keep_checkpoints >= 1, "checkpoint_every >= 0, keep_checkpoints >= 1.")
         need(self.stop_after is None or self.stop_after >= 1, "stop_after must be >= 1.")
         need(isinstance(self.model, (dict, str)), "model must be a config dict or a checkpoint path.")
+        need(self.objective in OBJECTIVES, f"objective must be one of {list(OBJECTIVES)}, got {self.objective!r}.")
+        need(
+            self.objective == "lm" or self.teacher_source is not None,
+            f"objective {self.objective!r} needs a teacher checkpoint: set teacher, or convert from a checkpoint.",
+        )
 
     # -- derived ------------------------------------------------------------------------------------
+    @property
+    def teacher_source(self) -> str | None:
+        """The frozen teacher of a ``distill``/``transfer`` objective: ``teacher``, else ``model``
+        when it names a checkpoint (the model being converted)."""
+        return self.teacher or (self.model if isinstance(self.model, str) else None)
+
     @property
     def tokens_per_step(self) -> int:
         return self.batch_size * self.block_size
@@ -169,25 +189,47 @@ class TrainConfig:
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimizer step ``step`` (0-based): linear warm-up from ``lr/warmup`` to
-        ``lr``, then cosine decay to ``min_lr_ratio x lr`` at the last step (or constant)."""
+        ``lr``, then cosine decay to ``min_lr_ratio x lr`` at the last step, or constant
+        (:func:`harness.schedules.warmup_cosine`)."""
         w = self.warmup_steps
-        if step < w:
-            return self.lr * (step + 1) / w
-        if self.schedule == "constant":
-            return self.lr
-        span = max(1, self.total_steps - w - 1)
-        progress = min(1.0, (step - w) / span)
-        floor = self.min_lr_ratio * self.lr
-        return floor + 0.5 * (self.lr - floor) * (1 + math.cos(math.pi * progress))
+        return warmup_cosine(
+            step,
+            peak=self.lr,
+            warmup_steps=w,
+            decay_steps=max(1, self.total_steps - w - 1),
+            floor=self.min_lr_ratio * self.lr,
+            constant=self.schedule == "constant",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
         return d
 
+    def methods(self) -> list[str]:
+        """The methods this config names: ``mixer``, and in a model config dict its ``mixer`` (a name
+        or one per layer) and ``layer_mixers`` overrides."""
+        model = self.model if isinstance(self.model, dict) else {}
+        found: list[str] = []
+        for named in (self.mixer, model.get("mixer")):
+            found += [named] if isinstance(named, str) else [str(n) for n in named or []]
+        overrides = [*(model.get("layer_mixers") or {}).values(), *self.layer_mixers.values()]
+        found += [str(v["mixer"]) for v in overrides if isinstance(v, dict) and v.get("mixer")]
+        return sorted(set(found))
+
+    def code_fingerprint(self) -> Fingerprint:
+        """The code this run's result depends on (:mod:`harness.fingerprint`): the import closure of
+        :mod:`harness.train` and of the modules defining its :meth:`methods` (every method's when the
+        config names none: a checkpoint trained as it is)."""
+        names = self.methods()
+        modules = method_modules(names) if names else all_method_modules()
+        return fingerprint(["harness.train", *modules])
+
     def config_hash(self) -> str:
-        """sha256 of the fields that determine the result (not out_dir, checkpointing, logging)."""
+        """sha256 of the fields that determine the result (not out_dir, checkpointing, logging) and of
+        the code that computes it (:meth:`code_fingerprint`): a run made by other code is not reused."""
         d = {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_FIELDS}
+        d["code"] = self.code_fingerprint().digest
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @classmethod
@@ -237,19 +279,20 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise TrainConfigError(f"config file {path} does not exist.")
     text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
+    import yaml
 
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
+    try:
+        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
+        raise TrainConfigError(f"{path} is not valid {kind}: {err}") from None
     if not isinstance(data, dict):
         raise TrainConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}.")
     return data
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1, default=str) + "\n").encode()), ".json")
+    atomic_write_json(path, obj, indent=1, sort_keys=False)
 
 
 def _checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
@@ -310,7 +353,7 @@ def resolve_tokenizer(config: TrainConfig) -> Any:
     return load_tokenizer(name)
 
 
-def _config_from_spec(spec: dict[str, Any], tokenizer: Any, mixer: str | None, options: dict[str, Any]) -> Any:
+def _config_from_spec(spec: dict[str, Any], tokenizer: Any) -> Any:
     """A transformers config from a config dict (``model_type`` defaults to ``mixer_lm``; vocabulary
     size and special-token ids default to the tokenizer's)."""
     from transformers import AutoConfig
@@ -323,61 +366,52 @@ def _config_from_spec(spec: dict[str, Any], tokenizer: Any, mixer: str | None, o
     for key in ("eos_token_id", "bos_token_id", "pad_token_id"):
         spec.setdefault(key, getattr(tokenizer, key, None))
     if model_type != "mixer_lm":
-        if mixer:
-            raise TrainConfigError(f"mixer={mixer!r} applies to mixer_lm models, not model_type {model_type!r}.")
         return AutoConfig.for_model(model_type, **spec)
-    if mixer:
-        spec["mixer"] = mixer
-    if options:
-        spec["mixer_options"] = options
     return MixerLMConfig(**spec)
 
 
 def build_model(config: TrainConfig, tokenizer: Any) -> torch.nn.Module:
-    """The model to train (fp32, CPU), per :class:`TrainConfig` ``model``/``mixer``:
+    """The model to train (fp32, CPU): :func:`harness.factory.build_model` of what :class:`TrainConfig`
+    ``model``, ``mixer`` and ``mixer_options`` describe:
 
-    * a config dict: a fresh model of that config (with ``mixer`` in every layer);
-    * a checkpoint: our MixerLM (converted by :func:`harness.convert_model.convert_model` when
-      ``mixer`` differs), a GPT-NeoX/LLaMA checkpoint (:func:`harness.convert.convert_checkpoint`), or
-      any other causal LM as is;
-    * ``mixer`` naming a registered method of kind ``model`` (e.g. ``mamba``): that method's
-      ``build_model(teacher, **mixer_options)`` — a fresh model matched to the teacher given by
-      ``model`` (config dict or checkpoint), trained from scratch.
+    * a config dict: a fresh model of that config, with ``mixer`` in every layer — or, for a method of
+      kind ``model`` (e.g. ``mamba``), that architecture sized after the config, trained from scratch;
+    * a checkpoint: converted to ``mixer`` (our MixerLM, GPT-NeoX, LLaMA; paper Algorithm 1), any other
+      causal LM as it is — or, for a method of kind ``model``, that architecture sized after the
+      checkpoint's config.
     """
-    from transformers import AutoModelForCausalLM
-
     import harness  # noqa: F401  (registers mixer_lm with the Auto classes)
-    from harness.modeling import MixerLMForCausalLM
-    from harness.registry import get_method
+    from harness.factory import ModelSpec
+    from harness.factory import build_model as build
 
     spec, ckpt = _model_source(config)
-    method = get_method(config.mixer) if config.mixer else None
-    if method is not None and method.kind == "model":
-        build = getattr(method, "build_model", None)
-        if build is None:
-            raise TrainConfigError(f"method {config.mixer!r} (kind 'model') has no build_model to train it with.")
-        teacher = _config_from_spec(spec, tokenizer, None, {}) if spec is not None else str(ckpt)
-        return build(teacher, **config.mixer_options)
-    if spec is not None:
-        hf_config = _config_from_spec(spec, tokenizer, config.mixer, config.mixer_options)
-        if hf_config.model_type == "mixer_lm":
-            return MixerLMForCausalLM(hf_config)
-        return AutoModelForCausalLM.from_config(hf_config)
-    model_type = json.loads((ckpt / "config.json").read_text()).get("model_type")
-    if model_type == "mixer_lm":
-        model = MixerLMForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32)
-        if config.mixer and (config.mixer != model.config.mixer or config.mixer_options):
-            from harness.convert_model import convert_model
+    source = {"teacher": ckpt} if ckpt is not None else {"config": _config_from_spec(spec, tokenizer)}
+    return build(
+        ModelSpec(
+            config.mixer,
+            options=config.mixer_options,
+            layer_mixers={int(i): v for i, v in config.layer_mixers.items()},
+            layer_selection=config.layer_selection,
+            **source,
+        )
+    )
 
-            model = convert_model(model, config.mixer, config.mixer_options)
-        return model
-    if model_type in ("gpt_neox", "llama"):
-        from harness.convert import convert_checkpoint
 
-        return convert_checkpoint(ckpt, config.mixer or "softmax", config.mixer_options)
-    if config.mixer:
-        raise TrainConfigError(f"cannot convert a {model_type!r} checkpoint to mixer {config.mixer!r}.")
-    return AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32)
+def _teacher(config: TrainConfig) -> torch.nn.Module | None:
+    """The frozen teacher a ``distill``/``transfer`` objective compares with (``None`` for ``lm``), as
+    the suite's decoder with softmax attention: our own checkpoints load as they are, GPT-NeoX/LLaMA
+    ones are converted to ``softmax`` (which reproduces their logits, see :mod:`harness.convert`)."""
+    if config.objective == "lm":
+        return None
+    from harness.factory import ModelSpec, load_model
+    from harness.factory import build_model as build
+
+    _, ckpt = _model_source(dataclasses.replace(config, model=config.teacher_source, objective="lm"))
+    if ckpt is None:
+        raise TrainConfigError(f"teacher {config.teacher_source!r} must be a checkpoint directory or hub id.")
+    if json.loads((ckpt / "config.json").read_text()).get("model_type") == "mixer_lm":
+        return load_model(ckpt)
+    return build(ModelSpec("softmax", teacher=ckpt)).eval()
 
 
 def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -422,8 +456,9 @@ def _check_out_dir(config: TrainConfig, out: Path) -> tuple[TrainResult | None, 
         same = old.get("config_hash") == h
         if not same and not config.overwrite:
             raise RunExistsError(
-                f"{out} holds a different run (config hash {old.get('config_hash')} vs {h}); "
-                "choose another out_dir, or pass overwrite=True (--overwrite) to delete it."
+                f"{out} holds a different run (config hash {old.get('config_hash')} vs {h}: its config or the "
+                "code that trains it differs); choose another out_dir, or pass overwrite=True (--overwrite) to "
+                "delete it."
             )
         if same and summary_file.is_file() and not config.overwrite:
             s = json.loads(summary_file.read_text())
@@ -499,6 +534,10 @@ def train(config: TrainConfig, callbacks: Sequence[Callable[[StepInfo], None]] =
 
     set_seed(config.seed)
     model = build_model(config, tokenizer)
+    teacher = _teacher(config)
+    if teacher is not None:
+        teacher.to(accelerator.device)
+    objective = make_objective(config.objective, model, teacher, config.objective_options)  # before the optimizer
     vocab = model.get_input_embeddings().num_embeddings
     check_vocab(tokenizer, vocab)
     n_params = sum(p.numel() for p in model.parameters())
@@ -523,7 +562,7 @@ def train(config: TrainConfig, callbacks: Sequence[Callable[[StepInfo], None]] =
     if is_main:  # drop log lines written after the checkpoint we resume from
         lines = log_path.read_text().splitlines() if log_path.is_file() else []
         kept = [ln for ln in lines if _log_step(ln) <= start]
-        _atomic_write(log_path, lambda f: f.write("".join(ln + "\n" for ln in kept).encode()), ".jsonl")
+        atomic_write_text(log_path, "".join(ln + "\n" for ln in kept))
     accelerator.wait_for_everyone()
 
     total = config.total_steps
@@ -566,7 +605,7 @@ def train(config: TrainConfig, callbacks: Sequence[Callable[[StepInfo], None]] =
                 idx = sampler.shard(step, m, config.grad_accum, rank, world)
                 x = torch.from_numpy(train_blocks.batch(idx)).to(accelerator.device)
                 with accelerator.accumulate(model):
-                    loss = model(input_ids=x, labels=x).loss
+                    loss = objective.loss(model, x)
                     accelerator.backward(loss)
                     loss_sum += loss.detach().float()
                     if accelerator.sync_gradients:
@@ -656,7 +695,7 @@ def train(config: TrainConfig, callbacks: Sequence[Callable[[StepInfo], None]] =
         "corpus": corpus.meta,
         "train_blocks": len(train_blocks),
         "epochs": sampler.epoch_of(total),
-        "versions": _versions(),
+        "environment": environment(packages=("torch", "transformers", "accelerate")),
         "config": config.to_dict(),
     }
     if is_main:
@@ -678,18 +717,6 @@ def train(config: TrainConfig, callbacks: Sequence[Callable[[StepInfo], None]] =
         str(model_dir),
         summary=summary,
     )
-
-
-def _versions() -> dict[str, str]:
-    import accelerate
-    import transformers
-
-    return {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "accelerate": accelerate.__version__,
-    }
 
 
 # -- command line -----------------------------------------------------------------------------------
@@ -715,16 +742,63 @@ def _parse_value(name: str, kind: str, text: str) -> Any:
         raise TrainConfigError(f"{flag} must be JSON, got {text!r}.") from None
 
 
+#: the help of each ``--<field>`` flag of ``python -m harness train`` (a test checks every field has one)
+FIELD_HELP: dict[str, str] = {
+    "model": "a model config as JSON (MixerLMConfig fields; 'model_type' names another transformers "
+    "architecture), a checkpoint directory or hub id to convert/fine-tune, or a .json/.yaml model config file",
+    "mixer": "method in every layer (see `python -m harness methods`); for a checkpoint: convert it to this method",
+    "mixer_options": "the method's options as JSON, e.g. '{\"feature_dim\": 64}'",
+    "data": "corpus: 'stdlib' (embedded), a folder of text files, a .txt/.jsonl file, or hf:NAME[:CONFIG]",
+    "tokenizer": "'byte', a tokenizer name or path, or 'auto' (the checkpoint's own, else byte-level)",
+    "block_size": "tokens per training sequence",
+    "batch_size": "global sequences per optimizer step (split over processes and accumulation steps)",
+    "grad_accum": "gradient accumulation steps per optimizer step",
+    "tokens": "token budget of the run (1e6 allowed); steps = tokens / (batch_size x block_size)",
+    "lr": "peak learning rate (AdamW)",
+    "warmup": "warm-up: steps (>= 1) or a fraction of all steps (< 1)",
+    "schedule": "'cosine' (decay to min_lr_ratio x lr) or 'constant' after warm-up",
+    "min_lr_ratio": "final learning rate of the cosine schedule, as a fraction of lr",
+    "weight_decay": "AdamW weight decay (matrices only)",
+    "betas": "AdamW betas as JSON, e.g. '[0.9, 0.95]'",
+    "eps": "AdamW epsilon",
+    "grad_clip": "clip the gradient norm to this (0: no clipping)",
+    "seed": "random seed (initialization and data order)",
+    "mixed_precision": "'auto' (bf16 on a GPU that has it, else fp32), 'no', 'bf16' or 'fp16'",
+    "eval_blocks": "validation blocks scored at the end (0: no validation loss)",
+    "checkpoint_every": "save a resumable checkpoint every N optimizer steps (0: never)",
+    "keep_checkpoints": "how many of the newest checkpoints to keep",
+    "log_every": "write a log.jsonl line every N steps",
+    "out_dir": "output directory of the run (a killed run started again resumes there)",
+    "cache_dir": "folder of tokenized-corpus caches (none: $DIJIANG_CACHE/tokens, ~/.cache/dijiang-suite/tokens)",
+    "stop_after": "stop (resumably) after N optimizer steps in this invocation",
+    "progress": "show a progress bar (--no-progress: none)",
+    "overwrite": "delete a different or finished run in out_dir instead of refusing",
+    "objective": "training loss (harness/objectives.py): 'lm' (the paper's fine-tune), 'distill' (LM + KL to the "
+    "teacher) or 'transfer' (attention transfer: only the new mixer parameters, layer-output MSE)",
+    "teacher": "frozen teacher checkpoint for 'distill'/'transfer' (default: model, when it is a checkpoint)",
+    "layer_mixers": "a hybrid: layers given another method, as JSON, e.g. '{\"1\": {\"mixer\": \"softmax\"}}' "
+    "(the other layers get mixer)",
+    "layer_selection": "how the hybrid's layers were chosen, as JSON (recorded in the model config)",
+    "objective_options": "the objective's options as JSON, e.g. '{\"alpha\": 0.5, \"temperature\": 2.0}' (distill)",
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags: ``--config FILE`` (YAML/JSON) and one ``--<field>`` per :class:`TrainConfig` field
     (overriding the file); dict/list values as JSON, e.g. ``--model '{"hidden_size": 256}'``."""
-    parser.add_argument("--config", help="YAML/JSON file of training config keys")
+    parser.add_argument("--config", help="YAML/JSON file of training config keys (the flags below override it)")
+    defaults = TrainConfig.__dataclass_fields__
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
+        default = defaults[f.name].default
+        if default is dataclasses.MISSING:
+            default = defaults[f.name].default_factory()  # type: ignore[misc]
+        shown = json.dumps(default) if isinstance(default, (dict, list, tuple)) else default
+        text = f"{FIELD_HELP[f.name]} (default: {shown})"
         if f.type in ("bool",):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper())
+            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=text)
     parser.add_argument("--out", dest="out_dir", default=None, help="alias of --out-dir")
 
 
@@ -740,24 +814,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    from harness.convert import CheckpointError
-    from harness.mixer import MixerConfigError
-    from harness.registry import UnknownMethodError
-
-    try:
-        result = train(config_from_args(args))
-    except (
-        TrainConfigError,
-        RunExistsError,
-        TrainingDiverged,
-        CorpusError,
-        TokenizerError,
-        CheckpointError,
-        MixerConfigError,
-        UnknownMethodError,
-    ) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    """Train as the flags say and print one JSON summary line (errors: see :mod:`harness.cli`)."""
+    result = train(config_from_args(args))
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # one summary line per run, from the main process
     status = "reused finished run" if result.reused else ("finished" if result.finished else "stopped early")

@@ -121,6 +121,29 @@ NOTEBOOKS: dict[str, tuple[str, list]] = {
             ),
         ],
     ),
+    "recipes_controls": (
+        "Conversion recipes against their controls (from scratch, no-op, step 0)",
+        [
+            *table_cells(None),
+            new_markdown_cell("Recovery = (scratch - converted) / (scratch - teacher), held-out bits per byte:"),
+            new_code_cell(
+                "from harness.report.figures import plot_recipe_recovery\n"
+                "paths = plot_recipe_recovery(r.tables['results'], r.folder / 'notebook_recipes')\nImage(paths[0])"
+            ),
+        ],
+    ),
+    "hybrid_pareto": (
+        "Hybrid conversions: bits per byte against decode speed",
+        [
+            *table_cells(None),
+            new_code_cell(
+                "from harness.report.figures import plot_pareto\n"
+                "speeds = [c for c in r.tables['table'].columns if c.startswith('decode_tokens_per_s_')]\n"
+                "front = speeds[len(speeds) // 2]  # the middle context\n"
+                "paths = plot_pareto(r.tables['table'], r.folder / 'notebook_pareto', x=front)\nImage(paths[0])"
+            ),
+        ],
+    ),
 }
 
 WALKTHROUGH = [

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness import MixerConfig, MixerConfigError, MixerLMConfig, build_mixer, capabilities, get_method
+from harness import MixerConfig, MixerConfigError, MixerLMConfig, build_mixer, capabilities
 from harness.convert import convert_checkpoint
 from harness.feature_maps import positive_features
 from harness.hf_cache import output_cache
@@ -349,19 +349,19 @@ def test_converts_from_neox_trains_and_generates(neox_ckpt, method):
 # -- Mamba --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_mamba(neox_ckpt):
-    from baselines.mamba import build_mamba_lm
+    from harness.factory import ModelSpec, build_model
 
     torch.manual_seed(0)
-    return build_mamba_lm(neox_ckpt).eval()
+    return build_model(ModelSpec("mamba", teacher=neox_ckpt)).eval()
 
 
 def test_mamba_registry_entry_states_its_capabilities():
     caps = capabilities("mamba")
     assert caps["kind"] == "model" and caps["convertible"] is False and caps["uses_rotary"] is False
     assert "Gu & Dao" in caps["paper"]
-    with pytest.raises(MixerConfigError, match="build_mamba_lm"):
+    with pytest.raises(MixerConfigError, match="whole architecture.*build_model"):
         build_mixer("mamba", MixerConfig(d_model=32, n_heads=2))
-    with pytest.raises(MixerConfigError, match="build_mamba_lm"):
+    with pytest.raises(MixerConfigError, match="whole architecture.*build_model"):
         from harness import MixerLMForCausalLM
 
         MixerLMForCausalLM(MixerLMConfig(hidden_size=32, num_attention_heads=2, mixer="mamba"))
@@ -380,11 +380,17 @@ def test_mamba_matches_the_teacher_parameter_count(neox_ckpt, tiny_mamba):
     assert cfg.hidden_size == teacher.config.hidden_size and cfg.vocab_size == teacher.config.vocab_size
     per_layer = count_parameters(mamba_config(64, 96, 2)) - count_parameters(mamba_config(64, 96, 1))
     assert abs(n_mamba - n_teacher) <= per_layer / 2, (n_mamba, n_teacher, per_layer)
-    assert get_method("mamba").build_model(teacher.config, num_hidden_layers=3).config.num_hidden_layers == 3
+    from harness.factory import ModelSpec, build_model
+
+    spec = ModelSpec("mamba", config=teacher.config, options={"num_hidden_layers": 3})
+    assert build_model(spec).config.num_hidden_layers == 3
+    same_size = build_model(ModelSpec("mamba", config=teacher.config, match="layers"))
+    assert same_size.config.num_hidden_layers == teacher.config.num_hidden_layers
 
 
 def test_mamba_causal_and_generation_equals_forward(tiny_mamba):
     from baselines.mamba import mamba_state_size
+    from harness.factory import decode_state_size
 
     model = tiny_mamba
     ids = torch.randint(0, 96, (2, 20), generator=torch.Generator().manual_seed(1))
@@ -405,7 +411,7 @@ def test_mamba_causal_and_generation_equals_forward(tiny_mamba):
         cache.get_conv_state(i, state_idx=0).numel() + cache.get_recurrent_state(i, state_idx=0).numel()
         for i in range(model.config.num_hidden_layers)
     )
-    assert held == 2 * mamba_state_size(model.config, 10)
+    assert held == 2 * mamba_state_size(model.config, 10) == 2 * decode_state_size(model, 10)
     # left padding (batched generation): padded positions are zeroed before the scan
     padded = torch.cat((torch.zeros(2, 5, dtype=torch.long), ids[:, :10]), 1)
     mask = (padded != 0) | (torch.arange(15) >= 5)

@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from harness import registry
+from harness.architecture import Architecture, UnsupportedMethodError
 from harness.bench import measure
 from harness.bench.analysis import analyse, crossover, fit_slope
 from harness.bench.sweep import Predictor, Sweep
 from harness.cli import main as cli_main
 from harness.linear_mixer import LinearAttentionMixer
-from harness.mixer import TokenMixer
 
-METADATA = ("git_commit", "torch_version", "device", "device_name", "cpu_model", "threads", "dtype", "date")
+METADATA = ("git_commit", "torch", "device", "device_name", "cpu", "threads", "dtype", "date")
 FAST = [
     "--shapes",
     "tiny",
@@ -56,10 +56,16 @@ class _Broken(_Linear):
         raise RuntimeError("deliberately broken")
 
 
-class _WholeModel(TokenMixer):
-    kind = "model"
-    forms = ("recurrent",)
-    default_form = "recurrent"
+class _WholeModel(Architecture):
+    """A whole architecture that cannot build a model for the requested shape."""
+
+    @classmethod
+    def build(cls, reference, *, match="params", **options):
+        raise UnsupportedMethodError("bench-model has no form for this shape")
+
+    @classmethod
+    def state_size(cls, config, seq_len):
+        return 0
 
 
 @pytest.fixture
@@ -140,7 +146,7 @@ def test_unsupported_failing_and_model_kind_points_are_skipped(tmp_path, test_me
         r = by[("bench-broken", 32, phase)]
         assert r["skip_kind"] == "error" and "deliberately broken" in r["skip_reason"]
         r = by[("bench-model", 64, phase)]
-        assert r["skip_kind"] == "kind" and "build_model" in r["skip_reason"]
+        assert r["skip_kind"] == "kind" and "no form for this shape" in r["skip_reason"]
     assert "Skipped points" in (tmp_path / "t.md").read_text()
 
 

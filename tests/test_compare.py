@@ -1,16 +1,19 @@
-"""``python -m harness compare``: two runs agree up to the seed noise their own Table 2 measured."""
+"""``python -m harness compare``: two runs agree up to their noise (seed spread and per-item standard
+errors); a metric with no noise estimate is not passed."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from harness.cli import main
 from harness.report.compare import compare
+from harness.report.stats import encode_items
 
 
-def write_run(root: Path, bpb_shift: float = 0.0, drop_row: bool = False) -> Path:
+def write_run(root: Path, bpb_shift: float = 0.0, drop_row: bool = False, params: float = 1000.0) -> Path:
     t2 = pd.DataFrame(
         {
             "model": ["dijiang", "performer"],
@@ -24,6 +27,7 @@ def write_run(root: Path, bpb_shift: float = 0.0, drop_row: bool = False) -> Pat
         {
             "model": ["tiny-s", "dijiang-tiny-s"],
             "method": ["softmax", "dijiang"],
+            "params": [params, 1100.0],
             "heldout_ppl bpb": [2.40, 2.45 + bpb_shift],
             "tokens_per_s": [100.0, 50.0 + 1000 * bpb_shift],  # machine-dependent: never compared
         }
@@ -37,29 +41,79 @@ def write_run(root: Path, bpb_shift: float = 0.0, drop_row: bool = False) -> Pat
     return root
 
 
+def verdicts(frame: pd.DataFrame) -> pd.Series:
+    return frame.set_index(["experiment", "metric"])["verdict"]
+
+
 def test_identical_runs_agree(tmp_path):
     a, b = write_run(tmp_path / "a"), write_run(tmp_path / "b")
     frame, ok = compare(a, b)
     assert ok and set(frame["experiment"]) == {"table2_methods", "table1_scale", "kernel_ablation"}
     assert "tokens_per_s" not in set(frame["metric"])
-    assert frame.set_index(["experiment", "metric"]).loc[("kernel_ablation", "loglog_slope"), "verdict"] == (
-        "no noise estimate"
-    )
+    assert set(frame["verdict"]) == {"identical"}
 
 
 def test_tolerance_is_the_measured_seed_noise(tmp_path):
     """The noise of bpb is the median sd over Table 2's methods (0.02): a mean over 3 seeds may move by
     3 x 0.02 x sqrt(2/3) = 0.049, a single run by 3 x 0.02 x sqrt(2) = 0.085."""
     a = write_run(tmp_path / "a")
-    frame, ok = compare(a, write_run(tmp_path / "b", bpb_shift=0.04))
+    frame, ok = compare(a, write_run(tmp_path / "b", bpb_shift=0.04), allow_unjudged=True)
     assert ok
     tol = frame.set_index(["experiment", "metric"])["tolerance"]
     assert abs(tol[("table2_methods", "heldout_ppl bpb")] - 0.0490) < 1e-3
     assert abs(tol[("table1_scale", "heldout_ppl bpb")] - 0.0849) < 1e-3
-    frame, ok = compare(a, write_run(tmp_path / "c", bpb_shift=0.06))
-    verdicts = frame.set_index(["experiment", "metric"])["verdict"]
-    assert not ok and verdicts[("table2_methods", "heldout_ppl bpb")] == "DIFFERS"
-    assert verdicts[("table1_scale", "heldout_ppl bpb")] == "within seed noise"
+    frame, ok = compare(a, write_run(tmp_path / "c", bpb_shift=0.06), allow_unjudged=True)
+    assert not ok and verdicts(frame)[("table2_methods", "heldout_ppl bpb")] == "DIFFERS"
+    assert verdicts(frame)[("table1_scale", "heldout_ppl bpb")] == "within seed noise"
+
+
+def test_a_metric_without_noise_estimate_is_not_passed(tmp_path):
+    """The kernel ablation's slope has no noise estimate: a difference in it fails the comparison
+    unless explicitly accepted."""
+    a = write_run(tmp_path / "a")
+    frame, ok = compare(a, write_run(tmp_path / "b", bpb_shift=0.01))
+    assert not ok and verdicts(frame)[("kernel_ablation", "loglog_slope")] == "no noise estimate"
+    assert verdicts(frame)[("table2_methods", "heldout_ppl bpb")] == "within seed noise"
+    assert compare(a, tmp_path / "b", allow_unjudged=True)[1]
+    assert main(["compare", str(a), str(tmp_path / "b")]) == 1
+    assert main(["compare", str(a), str(tmp_path / "b"), "--allow-unjudged"]) == 0
+
+
+def test_counts_and_parameters_must_match_exactly(tmp_path):
+    frame, ok = compare(write_run(tmp_path / "a"), write_run(tmp_path / "b", params=1001.0))
+    assert not ok and verdicts(frame)[("table1_scale", "params")] == "DIFFERS"
+
+
+def write_scored(root: Path, flipped: int, with_items: bool = True) -> Path:
+    """A one-task table (200 items, 100 right) whose second run turns ``flipped`` wrong items right."""
+    right = np.zeros(200, dtype=int)
+    right[:100] = 1
+    right[100 : 100 + flipped] = 1
+    acc, se = right.mean(), right.std(ddof=1) / np.sqrt(200)
+    folder = root / "table1_scale"
+    folder.mkdir(parents=True)
+    pd.DataFrame(
+        {"model": ["m"], "method": ["dijiang"], "piqa_local": [acc], "piqa_local stderr": [se], "piqa_local n": [200]}
+    ).to_csv(folder / "table.csv", index=False)
+    if with_items:
+        items = encode_items(list(range(200)), right.tolist())
+        pd.DataFrame(
+            {"model": ["m"], "method": ["dijiang"], "task": ["piqa_local"], "metric": ["acc"], "items": [items]}
+        ).to_csv(folder / "results.csv", index=False)
+    return root
+
+
+def test_accuracies_are_judged_by_their_per_item_standard_errors(tmp_path):
+    """Paired over the items, 2 flipped items of 200 (+0.01) are noise and 20 (+0.10) are not; with
+    only each run's own standard error (no items) the tolerance is the unpaired, wider one."""
+    a = write_scored(tmp_path / "a", 0)
+    frame, ok = compare(a, write_scored(tmp_path / "b", 2))
+    assert ok and frame.set_index("metric").loc["piqa_local", "noise"] == "items (paired)"
+    frame, ok = compare(a, write_scored(tmp_path / "c", 20))
+    assert not ok and verdicts(frame)[("table1_scale", "piqa_local")] == "DIFFERS"
+    frame, ok = compare(write_scored(tmp_path / "d", 0, False), write_scored(tmp_path / "e", 20, False))
+    row = frame.set_index("metric").loc["piqa_local"]
+    assert ok and row["noise"] == "items (per-run stderr)" and row["tolerance"] > 0.14
 
 
 def test_missing_rows_fail_and_the_cli_says_so(tmp_path, capsys):
@@ -68,29 +122,3 @@ def test_missing_rows_fail_and_the_cli_says_so(tmp_path, capsys):
     assert main(["compare", str(a), str(tmp_path / "b"), "--out", str(tmp_path / "cmp.md")]) == 1
     assert "do NOT agree" in capsys.readouterr().out and (tmp_path / "cmp.md").exists()
     assert main(["compare", str(a), str(tmp_path / "nowhere")]) == 2
-
-
-def test_report_says_when_a_ranking_is_inside_the_seed_noise(tmp_path):
-    """Table 2's 'best method' line says when its lead (or the whole spread) is within seed noise."""
-    from harness.report.report import PAPER_DIR, table2_section
-
-    def section(scores: list[float]) -> str:
-        t = pd.DataFrame(
-            {
-                "model": ["dijiang", "performer", "retnet"],
-                "method": ["dijiang", "performer", "retnet"],
-                "heldout_ppl bpb": scores,
-                "heldout_ppl bpb sd": [0.01, 0.01, 0.01],
-                "seeds": [3, 3, 3],
-            }
-        )
-        (tmp_path / "table.csv").unlink(missing_ok=True)
-        t.to_csv(tmp_path / "table.csv", index=False)
-        return "\n".join(table2_section(tmp_path, PAPER_DIR))
-
-    # noise = 3 x 0.01 x sqrt(2/3) = 0.0245
-    assert "no ranking" in section([2.50, 2.51, 2.52])
-    lead = section([2.50, 2.51, 2.70])
-    assert "**dijiang**" in lead and "inside the seed noise" in lead and "no ranking" not in lead
-    clear = section([2.40, 2.51, 2.70])
-    assert "**dijiang**" in clear and "seed noise" not in clear

@@ -194,7 +194,7 @@ def test_no_transformers_deprecation_warning(method):
 
 
 def test_left_padding_is_ignored(method):
-    if not getattr(get_method(method), "supports_left_padding", True):
+    if not get_method(method).supports_left_padding:
         pytest.skip(f"{method} declares no left-padding support")
     model = tiny_model(method)
     ids = torch.randint(1, 64, (1, 15))

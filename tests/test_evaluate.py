@@ -223,3 +223,180 @@ def test_tidy_rows_and_atomic_results(tmp_path):
         write_results(list(rows.values()), path)
     write_results(list(rows.values()), path, overwrite=True)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# -- scoring on known answers -------------------------------------------------------------------------
+def rigged_model(logits: torch.Tensor) -> MixerLMForCausalLM:
+    """A model whose next-byte distribution is ``softmax(logits)`` whatever the input: its final norm
+    outputs a constant unit vector and its head maps that vector to ``logits``."""
+    config = MixerLMConfig(
+        vocab_size=258, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=1024
+    )
+    model = MixerLMForCausalLM(config).eval()
+    with torch.no_grad():
+        model.model.norm.weight.zero_()
+        model.model.norm.bias.zero_()
+        model.model.norm.bias[0] = 1.0
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[:, 0] = logits
+    return model
+
+
+def prefer(byte: str) -> MixerLMForCausalLM:
+    logits = torch.zeros(258)
+    logits[ord(byte)] = 12.0
+    return rigged_model(logits)
+
+
+def test_next_line_is_scored_right_on_known_answers(tmp_path):
+    """A fixture whose right line is all ``Q`` and whose wrong lines are all ``z`` (same length): a model
+    preferring ``Q`` is always right, one preferring ``z`` never; the per-item results say so too."""
+    from harness.evaluate import PreparedTasks
+    from harness.report.stats import decode_items
+
+    rows = []
+    for i in range(12):
+        label = i % 4
+        choices = ["    " + ("Q" if k == label else "z") * (10 + i) + "\n" for k in range(4)]
+        context = f"def f{i}():\n"
+        rows.append({"id": i, "source": f"f{i}.py", "line": 3, "context": context, "choices": choices, "label": label})
+    (tmp_path / "next_line.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    manager = task_manager(["next_line"], tmp_path)
+    prepared = PreparedTasks(["next_line"], manager, load_tasks(["next_line"], manager), tmp_path)
+    tok = load_tokenizer("byte")
+    for byte, expected in (("Q", 1.0), ("z", 0.0)):
+        result = evaluate(prefer(byte), tok, prepared, max_length=128)
+        row = next(r for r in result.rows if r["task"] == "next_line" and r["metric"] == "acc")
+        assert row["value"] == expected and row["n"] == 12
+        items = decode_items(row["items"])
+        assert items is not None and items.values.tolist() == [int(expected)] * 12
+
+
+MULTIPLE_CHOICE = [
+    "piqa_local",
+    "winogrande_local",
+    "arc_easy_local",
+    "arc_challenge_local",
+    "hellaswag_local",
+    "boolq_local",
+    "social_iqa_local",
+    "copa_local",
+    "openbookqa_local",
+    "sciq_local",
+    "mmlu_local",
+]
+
+
+def row_split(rows: dict, task: str) -> str:
+    return rows[(task, "acc")]["split"]
+
+
+def test_every_multiple_choice_task_scores_a_rigged_model_as_expected():
+    """A model with the same probability for every byte prefers the answer with the fewest bytes (the
+    first of equals): on every bundled multiple-choice task its accuracy, and each item's result in
+    document order, must be what that rule and the documents' labels give."""
+    from harness.lm_eval_tasks.bundled import load_bundled, official_name
+    from harness.report.stats import decode_items
+
+    model = rigged_model(torch.zeros(258))
+    result = evaluate(model, load_tokenizer("byte"), MULTIPLE_CHOICE, docs=24, max_length=512, batch_size=32)
+    rows = {(r["task"], r["metric"]): r for r in result.rows}
+    for task in MULTIPLE_CHOICE:
+        samples = result.raw["samples"]
+        leaves = sorted(t for t in samples if t == task or (task == "mmlu_local" and t.startswith("mmlu")))
+        expected = []
+        for leaf in leaves:
+            for sample in sorted(result.raw["samples"][leaf], key=lambda s: s["doc_id"]):
+                # lm-eval moves a context's trailing whitespace onto the continuation before encoding
+                lengths = [len(c) - len(c.rstrip()) + len(a.encode()) for c, a in sample["arguments"]]
+                # the right option's index (WinoGrande's and COPA's targets are texts)
+                gold = sample["target"]
+                if task == "winogrande_local":
+                    gold = int(sample["doc"]["answer"]) - 1
+                elif task == "copa_local":
+                    gold = sample["doc"]["label"]
+                expected.append(int(lengths.index(min(lengths)) == gold))
+        if task != "mmlu_local":  # each logged document is the split's document at its recorded index
+            split = load_bundled(official_name(task))[row_split(rows, task)]
+            for sample in samples[task][:5]:
+                raw = split[sample["doc_id"]]
+                assert {k: sample["doc"][k] for k in raw} == raw, task
+        row = rows[(task, "acc")]
+        assert row["n"] == len(expected) >= 24 and row["status"] == "ok", task
+        assert row["value"] == pytest.approx(sum(expected) / len(expected)), task
+        assert decode_items(row["items"]).values.tolist() == expected, task
+        assert 0 < row["stderr"] < 0.2, task
+
+
+# -- the paper's task sets offline ----------------------------------------------------------------------
+def test_cli_table1_runs_offline_with_stderr_and_says_what_is_not_available(tiny_model, tmp_path, capsys):
+    model_dir = tmp_path / "tiny"
+    tiny_model.save_pretrained(model_dir)
+    load_tokenizer("byte").save_pretrained(model_dir)
+    out = tmp_path / "t1.csv"
+    argv = ["eval", str(model_dir), "--tasks", "table1", "--docs", "6", "--device", "cpu", "--out", str(out)]
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr().out
+    rows = {(r["task"], r["metric"]): r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    for task in ("piqa_local", "winogrande_local", "arc_easy_local", "arc_challenge_local"):
+        row = rows[(task, "acc")]
+        assert row["n"] == 6 and row["status"] == "ok" and row["split"] == "validation"
+        p = row["value"]  # lm-eval's acc_stderr: the sample standard deviation over the items / sqrt(n)
+        assert row["stderr"] == pytest.approx(math.sqrt(p * (1 - p) * 6 / 5 / 6))
+        assert row["docs"] > 6 and row["examined"] == 6 + row["skipped"]
+    for task in ("wsc", "logiqa"):
+        row = rows[(task, "acc")]
+        assert row["status"] == "not available offline" and row["value"] is None and row["n"] == 0
+    assert "not available offline" in printed and "arc_easy: scored on the bundled validation split" in printed
+
+
+def test_subsample_is_fixed_and_skips_what_does_not_fit(tiny_model):
+    """The same documents for two different models; every chosen document's answers fit half the
+    window, and the ones that do not are counted."""
+    from harness.evaluate import make_lm, prepare_tasks, select_documents
+
+    tok = load_tokenizer("byte")
+    prepared = prepare_tasks("piqa_local")
+    (task,) = prepared.tasks
+    lm_a = make_lm(tiny_model, tok, max_length=64)
+    lm_b = make_lm(prefer("Q"), tok, max_length=64)
+    a = select_documents(lm_a, task, docs=10, seed=3)
+    b = select_documents(lm_b, task, docs=10, seed=3)
+    assert a == b and len(a.indices) == 10 and a.skipped > 0 and a.examined == 10 + a.skipped
+    assert select_documents(lm_a, task, docs=10, seed=4).indices != a.indices
+    docs = task.eval_docs
+    for i in a.indices:
+        for choice in (docs[i]["sol1"], docs[i]["sol2"]):
+            assert len((" " + choice).encode()) <= 32
+
+
+def test_request_lengths_are_lm_evals(tiny_model):
+    """The byte tokenizer's shortcut (UTF-8 bytes) counts what lm-eval's own encoding gives."""
+    from harness.evaluate import _pair_lengths, make_lm
+
+    lm = make_lm(tiny_model, load_tokenizer("byte"), max_length=64)
+    for context, continuation in [("Question: où?\nAnswer:", " ça"), ("a b  \n", "c"), ("x", " y \n"), ("", "abc")]:
+        if context:
+            ctx, cont = lm._encode_pair(context, continuation)
+        else:
+            ctx, cont = [lm.prefix_token_id], lm.tok_encode(continuation, add_special_tokens=False)
+        assert _pair_lengths(lm, context, continuation) == (len(ctx), len(cont))
+
+
+def test_hub_probe_is_fast_and_false_without_a_hub(monkeypatch):
+    """Without a reachable hub, hub tasks are marked unavailable after one quick probe, not after the
+    hub client's retries for every task (tens of seconds each)."""
+    import time
+
+    from harness.evaluate import hub_reachable
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://127.0.0.1:9")
+    hub_reachable.cache_clear()
+    try:
+        start = time.monotonic()
+        assert hub_reachable(timeout_s=2.0) is False
+        assert time.monotonic() - start < 10
+    finally:
+        hub_reachable.cache_clear()

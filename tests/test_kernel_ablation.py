@@ -1,4 +1,4 @@
-"""The kernel-approximation ablation (harness.kernel_ablation) on benign Gaussian inputs: the control
+"""The kernel-approximation ablation (analyses.kernel_ablation) on benign Gaussian inputs: the control
 that tells an estimator that does not converge apart from inputs that are hard."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import math
 import pandas as pd
 import torch
 
+from analyses.kernel_ablation import ablation_rows, slope
 from dijiang.features import dct_matrix
-from harness.kernel_ablation import ablation_rows, slope
 
 
 def control_slopes() -> dict[str, tuple[float, float]]:

@@ -8,6 +8,7 @@ import argparse
 import pytest
 import torch
 
+from harness.factory import decode_state_size
 from harness.mqar import (
     IGNORE_INDEX,
     MQARConfig,
@@ -17,7 +18,6 @@ from harness.mqar import (
     build_mqar_model,
     generate_mqar,
     main,
-    state_size,
     train_mqar,
 )
 
@@ -93,18 +93,20 @@ def test_state_size_sums_the_mixers_contract():
     data = MQARConfig(vocab_size=32, num_kv_pairs=4, seq_len=24)
     model = build_mqar_model("softmax", data, MQARTrainConfig(d_model=32, n_layers=3, n_heads=2))
     # softmax caches K and V: 2 x heads x head_dim x seq_len per layer
-    assert state_size(model, 24) == 3 * 2 * 2 * 16 * 24
+    assert decode_state_size(model, 24) == 3 * 2 * 2 * 16 * 24
 
 
 def test_whole_architecture_methods_train_too(one_thread):
-    """Mamba (kind "model") is its own architecture: built by its registry entry, sized alike."""
+    """Mamba (kind "model") is its own architecture: built by the factory at the same width, depth and
+    vocabulary, its state sized by its registry entry."""
     from harness.registry import get_method
 
     data = MQARConfig(vocab_size=16, num_kv_pairs=2, seq_len=8)
     train = MQARTrainConfig(d_model=16, n_layers=2, steps=2, batch_size=4, eval_examples=8)
     row = train_mqar("mamba", data, train, device="cpu")
     model = build_mqar_model("mamba", data, train)
-    assert row["state_size"] == get_method("mamba").model_state_size(model.config, 8) == state_size(model, 8, "mamba")
+    assert model.config.hidden_size == 16 and model.config.num_hidden_layers == 2 and model.config.vocab_size == 16
+    assert row["state_size"] == get_method("mamba").state_size(model.config, 8) == decode_state_size(model, 8)
     assert 0.0 <= row["value"] <= 1.0 and row["n"] == 16
 
 

@@ -93,3 +93,24 @@ def test_bad_objective_inputs_are_named():
         make_objective("distill", t, None)
     with pytest.raises(ObjectiveError, match="alpha"):
         make_objective("distill", t, t, {"alpha": 2.0})
+
+
+@pytest.mark.parametrize("recipe", ["paper", "distill", "transfer"])
+def test_recipes_spend_the_compute_of_the_paper_budget(recipe):
+    from harness.recipes import objective_cost, recipe_stages
+
+    budget, rho = 1_000_000, 0.3
+    stages = recipe_stages(recipe, budget, rho)
+    spent = sum(s.tokens * objective_cost(s.objective, rho) for s in stages)
+    assert spent == pytest.approx(budget * objective_cost("lm", rho), rel=1e-5)
+    assert [s.objective for s in stages][-1] == {"paper": "lm", "distill": "distill", "transfer": "lm"}[recipe]
+    if recipe == "distill":  # the teacher's forward pass costs a quarter of the student's tokens
+        assert stages[0].tokens == 750_000
+
+
+def test_mixer_share_counts_only_mixer_parameters():
+    from harness.recipes import mixer_share
+
+    t = teacher()
+    mixer = sum(p.numel() for layer in t.model.layers for p in layer.mixer.parameters())
+    assert mixer_share(t) == pytest.approx(mixer / sum(p.numel() for p in t.parameters()))

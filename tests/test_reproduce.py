@@ -1,27 +1,63 @@
 """The experiment pipeline: every experiment at the smoke profile, end to end, then the notebooks.
 
-One smoke run (a few minutes on 2 CPU cores) feeds every test here; a second run must reuse all of
-it. The notebooks run headless (nbclient) against the smoke results.
+One smoke run (well under a minute on 2 idle CPU cores) feeds every test here; a second run must
+reuse all of it, and the run is compared with the committed smoke reference ``results/smoke/``.
+When the code changes what the tables hold, regenerate that reference (results/README.md):
+``python -m harness reproduce --profile smoke --results-dir results``. The notebooks run headless
+(nbclient) against the smoke results.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import random
+import shutil
 from pathlib import Path
 
 import pytest
 
+from harness import fingerprint
 from harness.cli import main
+from harness.pipeline.reproduce import ordered
 from harness.pipeline.spec import SpecError, experiment_names, load_experiment, load_profile
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+REFERENCE = ROOT / "results" / "smoke"
+#: the committed smoke reference must stay small (tables, metadata, REPORT.md)
+REFERENCE_BUDGET_BYTES = 400_000
+#: differences this small between the smoke reference and a fresh run are floating-point noise
+FLOAT_NOISE = 1e-5
+
+
+def copy_sources(dest: Path, source: Path = ROOT) -> Path:
+    """A copy of the suite's packages (what code fingerprints read)."""
+    for pkg in source.iterdir():
+        if pkg.is_dir() and (pkg / "__init__.py").is_file() and pkg.name not in fingerprint.NOT_CODE:
+            shutil.copytree(pkg, dest / pkg.name, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory) -> Path:
+def sources(tmp_path_factory) -> Path:
+    """The code fingerprints of this module's runs read a copy of the sources taken at its start, so
+    an edit elsewhere while the tests run does not make the smoke run look stale."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fingerprint, "SOURCE_ROOT", copy_sources(tmp_path_factory.mktemp("sources")))
+        yield fingerprint.SOURCE_ROOT
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, sources) -> Path:
+    """A fresh smoke run into a temporary results folder; what it printed is in ``first-run.txt``."""
     out = tmp_path_factory.mktemp("results")
-    assert main(["reproduce", "--profile", "smoke", "--results-dir", str(out)]) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["reproduce", "--profile", "smoke", "--results-dir", str(out)]) == 0
+    (out / "first-run.txt").write_text(printed.getvalue())
     return out
 
 
@@ -45,12 +81,111 @@ def test_every_experiment_writes_results_and_report(smoke):
     assert kernel.count("the claimed ~1/m rate") == 2 and "gaussian std" in kernel
 
 
+def test_first_run_trains_quietly_and_is_compared_with_the_reference(smoke):
+    """The status lines (experiment k/n, training runs) on stdout; the experiments' own output in
+    the log; at the end one line comparing the run with the committed reference."""
+    printed = (smoke / "first-run.txt").read_text()
+    n = len(experiment_names())
+    for k, name in enumerate(ordered(experiment_names()), start=1):
+        assert f"[reproduce] [{k}/{n}] {name}: running" in printed
+    assert "[reproduce]     training teacher-s-s0" in printed
+    assert "Loading weights" not in printed and "Running loglikelihood" not in printed
+    log = (smoke / "smoke" / "reproduce.log").read_text()
+    assert "bench: wrote" in log
+    verdict = [line for line in printed.splitlines() if "compared with the reference" in line]
+    assert len(verdict) == 1 and "results/smoke" in verdict[0], printed[-2000:]
+    assert (smoke / "smoke" / "COMPARE.md").is_file()
+    # the tables agree with the reference: every row matched, nothing differs beyond its noise but
+    # floating-point noise (the reference ran on 2 threads, the tests on 1; other machines differ too)
+    from harness.report.compare import compare
+
+    frame, _ = compare(REFERENCE, smoke / "smoke")
+    assert len(frame) and (frame["rows"] == frame["of"]).all(), frame
+    real = frame[(frame["verdict"] == "DIFFERS") & (frame["max |A-B|"] > FLOAT_NOISE)]
+    assert real.empty, real.to_string()
+
+
 def test_second_run_reuses_everything(smoke, capsys):
     before = {p: p.stat().st_mtime_ns for p in (smoke / "smoke").glob("*/meta.json")}
+    runs = sorted((smoke / "smoke" / "runs").iterdir())
     assert main(["reproduce", "--profile", "smoke", "--results-dir", str(smoke)]) == 0
     out = capsys.readouterr().out
     assert out.count("up to date") == len(experiment_names())
+    assert "0 experiment(s) ran" in out and "training" not in out
     assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert sorted((smoke / "smoke" / "runs").iterdir()) == runs
+
+
+def test_editing_a_method_reruns_what_uses_it(smoke, sources, tmp_path, monkeypatch, capsys):
+    """With cosformer's source edited, the experiments that use it run again (with a new cosformer
+    run, saying why), the others stay up to date."""
+    results = tmp_path / "results"
+    shutil.copytree(smoke / "smoke", results / "smoke")
+    tree = copy_sources(tmp_path / "tree", sources)
+    source = tree / "baselines" / "cosformer.py"
+    source.write_text(source.read_text() + "\n# edited\n")
+    monkeypatch.setattr(fingerprint, "SOURCE_ROOT", tree)
+    assert main(["reproduce", "--profile", "smoke", "--results-dir", str(results), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "table2_methods: would run: the code changed (baselines/cosformer.py)" in out
+    assert "kernel_ablation: up to date" in out and "mqar: up to date" in out
+    assert main(["reproduce", "--profile", "smoke", "--results-dir", str(results), "--only", "fig2_curves"]) == 0
+    out = capsys.readouterr().out
+    assert "fig2_curves: re-running: the code changed (baselines/cosformer.py)" in out
+    assert "training convert-s-cosformer-" in out and "training convert-s-dijiang-" not in out
+    assert len(list((results / "smoke" / "runs").glob("convert-s-cosformer-f0.0625-s0-*"))) == 2
+
+
+def test_own_corpus_is_kept_apart_and_not_compared(tmp_path, capsys):
+    """``--data``: the profile on a folder of text files, in ``data-<hash>/<profile>/``."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    words = ["alpha", "beta", "gamma", "delta", "river", "stone", "light", "north", "seven", "quiet"]
+    rng = random.Random(0)
+    for i in range(80):
+        (corpus / f"doc{i:02d}.txt").write_text(" ".join(rng.choice(words) for _ in range(400)) + "\n")
+    results = tmp_path / "results"
+    argv = ["reproduce", "--profile", "smoke", "--only", "kernel_ablation", "--results-dir", str(results)]
+    assert main([*argv, "--data", str(corpus)]) == 0
+    out = capsys.readouterr().out
+    (folder,) = results.glob("data-*")
+    meta = json.loads((folder / "smoke" / "kernel_ablation" / "meta.json").read_text())
+    assert str(corpus) in meta["notes"][0] and meta["corpus"]["spec"] == str(corpus)
+    (teacher,) = (folder / "smoke" / "runs").glob("teacher-s-s0-*")
+    assert json.loads((teacher / "config.json").read_text())["config"]["data"] == str(corpus)
+    assert not (results / "smoke").exists()
+    assert "not compared with the reference" in out and "kernel_ablation: running" in out
+    assert main([*argv, "--data", str(corpus)]) == 0
+    assert "kernel_ablation: up to date" in capsys.readouterr().out
+
+
+def test_committed_smoke_reference_is_complete_small_and_self_consistent():
+    """``results/smoke/`` holds every experiment's tables and metadata, no weights, within budget,
+    and compares equal with itself."""
+    from harness.report.compare import compare
+
+    for name in experiment_names():
+        meta = json.loads((REFERENCE / name / "meta.json").read_text())
+        assert meta["profile"] == "smoke" and meta["code_fingerprint"], name
+        for table in meta["tables"]:
+            assert (REFERENCE / name / f"{table}.csv").stat().st_size > 0, (name, table)
+    assert (REFERENCE / "REPORT.md").is_file()
+    kept = [
+        p
+        for p in REFERENCE.rglob("*")
+        if p.is_file() and "runs" not in p.relative_to(REFERENCE).parts and p.suffix not in (".png", ".pdf", ".log")
+    ]
+    assert not [p for p in kept if p.suffix in (".safetensors", ".bin", ".pt")]
+    assert sum(p.stat().st_size for p in kept) < REFERENCE_BUDGET_BYTES
+    frame, ok = compare(REFERENCE, REFERENCE)
+    assert ok and len(frame) and (frame["max |A-B|"].fillna(0) == 0).all()
+
+
+def test_fresh_runs_default_to_their_own_folder(capsys):
+    assert main(["reproduce", "--profile", "smoke", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    (line,) = [ln for ln in out.splitlines() if "run folder:" in ln]
+    assert line.rstrip().endswith(os.path.join("runs", "smoke")) and "results" not in line
 
 
 @pytest.mark.parametrize("notebook", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))

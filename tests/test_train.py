@@ -180,7 +180,7 @@ def test_bad_input_gives_one_clear_error(tmp_path, cache_dir, capsys):
         TrainConfig(tokens=10)
     from harness.cli import main
 
-    assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c"), "--no-progress"]) == 1
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c"), "--no-progress"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 

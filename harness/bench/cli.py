@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from harness.bench import metadata, summary
+from harness.bench import summary
 from harness.bench.analysis import analyse
 from harness.bench.plot import plot_shapes
 from harness.bench.shapes import SHAPES, UnknownShapeError, get_shape
@@ -22,6 +22,7 @@ from harness.bench.supervise import is_command_line, supervise
 from harness.bench.sweep import Sweep, SweepSettings, resolve_device
 from harness.bench.workloads import PHASES
 from harness.io import atomic_write_json, atomic_write_text
+from harness.provenance import utc_now
 
 DEFAULT_SHAPES = "tiny,pythia-410m"
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -214,7 +215,7 @@ def _main(args: argparse.Namespace) -> int:
             _fresh(args, json_path)
             beat = out_dir / f".{stem}.heartbeat.json"
             child = [a for a in sys.argv[1:] if a != "--fresh"]
-            return supervise(child + ["--worker-heartbeat", str(beat), "--run-id", metadata.now_iso()], beat, json_path)
+            return supervise(child + ["--worker-heartbeat", str(beat), "--run-id", utc_now()], beat, json_path)
     notes: list[str] = []
     try:
         methods = _select_methods(args.methods, err)

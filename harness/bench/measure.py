@@ -12,11 +12,11 @@ Peak memory:
 * CPU (Linux): the process's *peak resident memory* during the warm-up run, above its resident
   memory when the run started — ``VmHWM`` of ``/proc/self/status`` after resetting it by writing
   ``5`` to ``/proc/self/clear_refs``, in the measuring process itself (no fresh process per point:
-  that would cost a torch import each). So that freed memory really leaves the process, glibc is
-  told to serve every allocation of 64 KiB or more by ``mmap`` (``mallopt(M_MMAP_THRESHOLD)``,
-  which also stops it raising that threshold) and free heap pages are returned (``malloc_trim``)
-  before each measurement. This counts everything the run touches (tensors, oneDNN/OpenMP buffers,
-  Python objects), not only tensors.
+  that would cost a torch import each). So that freed memory really leaves the process, glibc runs
+  under the ``"return"`` policy of :func:`harness.timing.set_malloc_policy` (every allocation of
+  64 KiB or more by ``mmap``, which also stops glibc raising that threshold) and free heap pages are
+  returned (``malloc_trim``) before each measurement. This counts everything the run touches
+  (tensors, oneDNN/OpenMP buffers, Python objects), not only tensors.
 * CPU elsewhere: an allocator-level fallback — c10's CPU allocator events recorded by
   ``torch.profiler(profile_memory=True)``, peak of their running sum. (Not the default: the
   profiler itself needs gigabytes for workloads of ~10^5 operations, e.g. Mamba's reference scan.)
@@ -25,17 +25,16 @@ Peak memory:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import statistics
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
+
+from harness.timing import libc, set_malloc_policy, synchronize, time_once
 
 CPU_RSS_METHOD = (
     "cpu: peak resident memory (VmHWM reset via /proc/self/clear_refs) above the RSS at the run's start, "
@@ -46,18 +45,11 @@ CPU_RSS_METHOD_UNTUNED = (
     "in-process, glibc defaults (memory glibc kept from earlier runs can hide part of a peak)"
 )
 CPU_PROFILER_METHOD = "cpu: c10 allocator alloc/free events via torch.profiler(profile_memory=True), peak live bytes"
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 CUDA_MEMORY_METHOD = "cuda: torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus allocated before"
 
 
 class PointTimeout(Exception):
     """A run exceeded its hard deadline."""
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued kernels (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @contextlib.contextmanager
@@ -128,15 +120,6 @@ def address_space_limit(extra_bytes: int | None) -> Iterator[int | None]:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-def time_once(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds of one call of ``fn``, the device synchronised on both sides."""
-    synchronize(device)
-    t0 = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - t0
-
-
 def _allocation_peak(prof: torch.profiler.profile) -> int:
     """Peak of the running sum of allocator events (bytes; frees are negative) in a profile."""
     from torch._C._profiler import _EventType
@@ -156,19 +139,6 @@ def _allocation_peak(prof: torch.profiler.profile) -> int:
     return peak
 
 
-_LIBC: Any = None
-
-
-def _libc() -> Any:
-    global _LIBC
-    if _LIBC is None:
-        try:
-            _LIBC = ctypes.CDLL("libc.so.6")
-        except OSError:
-            _LIBC = False
-    return _LIBC
-
-
 def _status_bytes(field: str) -> int | None:
     try:
         with open("/proc/self/status") as f:
@@ -182,7 +152,7 @@ def _status_bytes(field: str) -> int | None:
 
 def rss_peak_supported() -> bool:
     """Whether the peak resident memory can be reset and read here (Linux with glibc)."""
-    if not _libc() or _status_bytes("VmHWM:") is None:
+    if not libc() or _status_bytes("VmHWM:") is None:
         return False
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -201,13 +171,12 @@ def prepare_cpu_memory() -> bool:
     global _MALLOC_TUNED
     if not rss_peak_supported():
         return False
-    libc = _libc()
-    _MALLOC_TUNED = bool(libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024))
+    _MALLOC_TUNED = set_malloc_policy("return")
     return _MALLOC_TUNED
 
 
 def _rss_peak_run(fn: Callable[[], object], device: torch.device) -> tuple[float, int]:
-    _libc().malloc_trim(0)
+    libc().malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # VmHWM := VmRSS
     base = _status_bytes("VmRSS:") or 0

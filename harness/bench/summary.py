@@ -8,6 +8,9 @@ from typing import Any
 
 from harness.bench.analysis import REFERENCE, analyse, ok_rows
 
+#: provenance keys of rows written before the suite's keys were unified (harness.provenance) -> old name
+LEGACY_KEYS: dict[str, str] = {"torch": "torch_version", "transformers": "transformers_version", "cpu": "cpu_model"}
+
 
 def _num(x: float | None, digits: int = 3) -> str:
     if x is None:
@@ -40,10 +43,10 @@ def render(rows: list[dict[str, Any]], notes: list[str] | None = None) -> str:
         out.append("| field | value |\n|---|---|")
         for k in (
             "git_commit",
-            "torch_version",
-            "transformers_version",
+            "torch",
+            "transformers",
             "device_name",
-            "cpu_model",
+            "cpu",
             "threads",
             "dtype",
             "batch",
@@ -52,7 +55,7 @@ def render(rows: list[dict[str, Any]], notes: list[str] | None = None) -> str:
             "budget_s",
             "mem_method",
         ):
-            out.append(f"| {k} | {first.get(k)} |")
+            out.append(f"| {k} | {first.get(k, first.get(LEGACY_KEYS.get(k, k)))} |")
         dates = sorted(r["date"] for r in rows)
         out.append(f"| dates | {dates[0]} .. {dates[-1]} |")
         out.append(f"| runs (run_id) | {', '.join(runs)} |\n")

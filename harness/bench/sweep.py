@@ -23,6 +23,7 @@ import gc
 import hashlib
 import json
 import math
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -32,12 +33,12 @@ from typing import Any
 
 import torch
 
-from harness.bench import measure, metadata
+from harness.architecture import UnsupportedMethodError
+from harness.bench import measure
 from harness.bench.shapes import Shape
 from harness.bench.store import ResultStore, row_key
 from harness.bench.workloads import (
     PHASES,
-    UnsupportedMethodError,
     Workload,
     build_model,
     cache_bytes,
@@ -49,7 +50,9 @@ from harness.bench.workloads import (
 )
 from harness.io import atomic_write_json
 from harness.mixer import MixerConfigError
+from harness.provenance import device_name, environment, utc_now
 from harness.registry import get_method
+from harness.timing import time_once
 
 BENCH_VERSION = 2
 #: skip kinds that a later run retries automatically when its budget is larger
@@ -89,7 +92,7 @@ class SweepSettings:
         """Hash of everything a measurement depends on besides method, length and phase."""
         blob = {
             "v": BENCH_VERSION,
-            "device": metadata.device_name(device),
+            "device": device_name(device),
             "dtype": self.dtype,
             "batch": self.batch,
             "decode_tokens": self.decode_tokens,
@@ -235,8 +238,8 @@ class Sweep:
                 measure.prepare_cpu_memory()
             gc.collect()
             gc.freeze()  # the ~10^6 objects of torch/transformers are never garbage: 0.2 s -> ms per collect
-        self.meta = metadata.collect(self.device, self.dtype)
-        self.run_id = run_id or metadata.now_iso()
+        self.meta = {**environment(self.device, self.dtype), "argv": " ".join(sys.argv[1:])}
+        self.run_id = run_id or utc_now()
         self.predictor = Predictor()
         self.report = SweepReport()
         self._t0 = time.perf_counter()
@@ -244,12 +247,13 @@ class Sweep:
     # -- bookkeeping -------------------------------------------------------------------------
     def _base_row(self, shape: Shape, method: str, seq_len: int, phase: str) -> dict[str, Any]:
         return {
+            **self.meta,  # first: the point's own date below replaces the sweep's
             "bench_version": BENCH_VERSION,
             "settings_key": self.s.settings_key(shape, self.device),
             "run_id": self.run_id,
-            "date": metadata.now_iso(),
+            "date": utc_now(),
             "method": method,
-            "method_kind": getattr(get_method(method), "kind", "mixer"),
+            "method_kind": get_method(method).kind,
             "shape": shape.name,
             "shape_kind": shape.kind,
             "seq_len": seq_len,
@@ -265,7 +269,6 @@ class Sweep:
             "long_run_s": self.s.long_run_s,
             "mem_budget_bytes": self.s.mem_budget_bytes,
             "mem_method": measure.memory_method(self.device),
-            **self.meta,
         }
 
     def _wants(self, row: dict[str, Any] | None) -> bool:
@@ -434,7 +437,7 @@ class Sweep:
         warm_s, mem, mem_total = measure.run_with_memory(phase.run, self.device)
         row.update(warmup_runs=1, warmup_time_s=warm_s, mem_peak_bytes=mem, mem_peak_total_bytes=mem_total)
         phase.reset()
-        first = measure.time_once(phase.run, self.device)
+        first = time_once(phase.run, self.device)
         timing = measure.Timing([first])
         spent = time.perf_counter() - t_start
         n = measure.plan_repeats(
@@ -448,7 +451,7 @@ class Sweep:
             if time.perf_counter() - t_start > self.s.budget_s:  # the machine slowed down: stop in budget
                 break
             phase.reset()
-            timing.times.append(measure.time_once(phase.run, self.device))
+            timing.times.append(time_once(phase.run, self.device))
         row.update(timing.summary())
         row["wall_s"] = time.perf_counter() - t_start  # warm-up, repeats and resets: what the point cost
         row["tokens"] = phase.tokens

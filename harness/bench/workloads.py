@@ -27,16 +27,14 @@ import torch
 from torch import nn
 
 from harness.bench.shapes import Shape
+from harness.factory import ModelSpec, decode_state_size
+from harness.factory import build_model as build_from_spec
 from harness.hf_cache import cache_kwarg, output_cache
 from harness.modeling import MixerCache, MixerLMConfig, MixerLMForCausalLM, MixerLMModel
-from harness.registry import get_method
+from harness.registry import get_method, is_architecture
+from harness.tensor_tree import tensors_in
 
 PHASES: tuple[str, ...] = ("prefill", "decode", "train")
-
-
-class UnsupportedMethodError(RuntimeError):
-    """A method the benchmark cannot build for a shape (e.g. a whole-architecture method without a
-    model builder)."""
 
 
 @dataclass
@@ -57,65 +55,27 @@ def build_config(shape: Shape, method: str, max_seq_len: int) -> MixerLMConfig:
 
 
 def build_model(shape: Shape, method: str, max_seq_len: int, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    """Random-weight model of ``shape`` with ``method`` (seeded, eval mode, on ``device``/``dtype``).
-
-    A method of kind ``model`` (a whole architecture, e.g. Mamba) is built by its class's
-    ``build_model(config: MixerLMConfig) -> nn.Module`` where it has one (a Hugging Face causal LM
-    matching the config's size, e.g. ``baselines.mamba.build_mamba_lm``; for a layer shape the config
-    has one block, so the model matches one block's parameter count).
+    """Random-weight model of ``shape`` with ``method`` (seeded, eval mode, on ``device``/``dtype``),
+    built by :func:`harness.factory.build_model`: the suite's decoder holding the method (one block
+    without a head for a layer shape), or — for a method of kind ``model`` (a whole architecture, e.g.
+    Mamba) — that architecture sized to the softmax model of the shape's parameter count (for a
+    layer shape the config has one block, so the model matches one block's parameter count).
     """
-    cls = get_method(method)
-    kind = getattr(cls, "kind", "mixer")
     torch.manual_seed(0)
-    if kind == "mixer":
-        config = build_config(shape, method, max_seq_len)
-        model: nn.Module = MixerLMModel(config) if shape.kind == "layer" else MixerLMForCausalLM(config)
+    if is_architecture(method):
+        spec = ModelSpec(method, config=build_config(shape, "softmax", max_seq_len))
     else:
-        builder = getattr(cls, "build_model", None)
-        if builder is None:
-            raise UnsupportedMethodError(
-                f"method {method!r} is of kind {kind!r} (a whole architecture) and its class has no "
-                "build_model(MixerLMConfig) hook, so the bench cannot build it"
-            )
-        model = builder(build_config(shape, "softmax", max_seq_len))  # sized after the softmax teacher
-    return model.to(device=device, dtype=dtype).eval()
-
-
-def mixers(model: nn.Module) -> list[nn.Module]:
-    """The token mixers of a model (empty for architectures without them)."""
-    inner = getattr(model, "model", model)
-    return [layer.mixer for layer in getattr(inner, "layers", []) if hasattr(layer, "mixer")]
+        spec = ModelSpec(method, config=build_config(shape, method, max_seq_len), body_only=shape.kind == "layer")
+    return build_from_spec(spec).to(device=device, dtype=dtype).eval()
 
 
 def declared_state_size(model: nn.Module, seq_len: int, method: str) -> int | None:
-    """Sum over layers of :meth:`TokenMixer.state_size` after ``seq_len`` tokens (numbers/sequence);
-    for a ``kind="model"`` method, its class's ``model_state_size(config, seq_len)`` where it has one."""
-    ms = mixers(model)
-    if not ms:
-        fn = getattr(get_method(method), "model_state_size", None)
-        cfg = getattr(model, "config", None)
-        return None if fn is None or cfg is None else int(fn(cfg, seq_len))
+    """:func:`harness.factory.decode_state_size` after ``seq_len`` tokens (numbers per sequence), or
+    None for a mixer that declares none."""
     try:
-        return sum(int(m.state_size(seq_len)) for m in ms)
+        return decode_state_size(model, seq_len, method)
     except NotImplementedError:
         return None
-
-
-def _tensors(obj: Any, depth: int = 0) -> list[torch.Tensor]:
-    """Every tensor held by a cache object (MixerCache states, or a Hugging Face cache's layers)."""
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if depth > 6 or obj is None or isinstance(obj, (str, bytes, int, float, bool)):
-        return []
-    if isinstance(obj, (tuple, list)):
-        return [t for o in obj for t in _tensors(o, depth + 1)]
-    if isinstance(obj, dict):
-        return [t for o in obj.values() for t in _tensors(o, depth + 1)]
-    if isinstance(obj, MixerCache):
-        return _tensors(obj.states, depth + 1)
-    if hasattr(obj, "__dict__") and not isinstance(obj, nn.Module):
-        return [t for o in vars(obj).values() for t in _tensors(o, depth + 1)]
-    return []
 
 
 def cache_numel(cache: Any, batch: int) -> int | None:
@@ -124,13 +84,13 @@ def cache_numel(cache: Any, batch: int) -> int | None:
         return None
     if isinstance(cache, MixerCache):
         return int(cache.numel()) // batch
-    ts = _tensors(cache)
+    ts = tensors_in(cache)
     return sum(t.numel() for t in ts) // batch if ts else None
 
 
 def cache_bytes(cache: Any, batch: int) -> int | None:
     """Bytes held in a decoding cache, per sequence."""
-    ts = _tensors(cache) if cache is not None else []
+    ts = tensors_in(cache) if cache is not None else []
     return sum(t.numel() * t.element_size() for t in ts) // batch if ts else None
 
 
@@ -146,7 +106,7 @@ class Workload:
 
     Two calling conventions: the suite's decoder (:class:`MixerLMModel` for layer shapes,
     :class:`MixerLMForCausalLM` for whole models), and a plain Hugging Face causal LM built by a
-    ``kind="model"`` method (e.g. ``MambaForCausalLM``; for layer shapes it is fed hidden states
+    whole-architecture method (e.g. ``MambaForCausalLM``; for layer shapes it is fed hidden states
     through ``inputs_embeds`` and its minuscule head is kept).
     """
 

@@ -34,6 +34,7 @@ from transformers import PreTrainedTokenizerBase
 
 from harness.data.corpus import Corpus, CorpusError, Document
 from harness.data.tokenizer import ByteTokenizer, tokenizer_identity
+from harness.io import atomic_open, atomic_write_text
 
 PACKING_VERSION = 1
 DEFAULT_CACHE_DIR = Path(os.environ.get("DIJIANG_CACHE", Path.home() / ".cache" / "dijiang-suite")) / "tokens"
@@ -99,20 +100,6 @@ def cache_key(
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def _atomic_write(path: Path, write: Any, suffix: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @dataclass
 class PackedBlocks:
     """Token blocks ``(n_blocks, block_size)`` of one split, and where they came from."""
@@ -156,21 +143,18 @@ def pack(
         meta = json.loads(meta_path.read_text())
         return PackedBlocks(_open_blocks(npy, meta), meta)
     dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.uint32
-    root.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=root, prefix=f".{key}.", suffix=".bin")
-    try:
-        with os.fdopen(fd, "wb") as f:  # full blocks are written as they fill: memory stays flat
-            carry = np.zeros(0, dtype=np.int64)
-            n_tokens = 0
-            for chunk in iter_tokens(corpus.documents(split), tokenizer, max_tokens):
-                carry = np.concatenate((carry, chunk))
-                n_full = len(carry) // block_size * block_size
-                if n_full:
-                    f.write(carry[:n_full].astype(dtype).tobytes())
-                    n_tokens += n_full
-                    carry = carry[n_full:]
-            f.flush()
-            os.fsync(f.fileno())
+    # the cache file is written atomically (an error, e.g. too few tokens, leaves no file); without a
+    # cache, the blocks go to an anonymous temporary file
+    with atomic_open(npy, "wb") if use_cache else tempfile.TemporaryFile() as f:
+        carry = np.zeros(0, dtype=np.int64)
+        n_tokens = 0
+        for chunk in iter_tokens(corpus.documents(split), tokenizer, max_tokens):  # blocks are written as
+            carry = np.concatenate((carry, chunk))  # they fill: memory stays flat
+            n_full = len(carry) // block_size * block_size
+            if n_full:
+                f.write(carry[:n_full].astype(dtype).tobytes())
+                n_tokens += n_full
+                carry = carry[n_full:]
         n_blocks = n_tokens // block_size
         if n_blocks == 0:
             raise CorpusError(
@@ -190,12 +174,10 @@ def pack(
             "dropped_tail_tokens": len(carry),
         }
         if not use_cache:
-            blocks = np.fromfile(tmp_name, dtype=dtype).reshape(n_blocks, block_size)
-            return PackedBlocks(blocks, meta)
-        os.replace(tmp_name, npy)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
-    _atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()), ".json")
+            f.flush()
+            f.seek(0)
+            return PackedBlocks(np.fromfile(f, dtype=dtype).reshape(n_blocks, block_size), meta)
+    atomic_write_text(meta_path, json.dumps(meta, indent=1))
     return PackedBlocks(_open_blocks(npy, meta), meta)
 
 

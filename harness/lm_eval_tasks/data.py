@@ -52,6 +52,11 @@ class OfflineDataSpec:
     document, whole); ``next_line_examples`` caps the multiple-choice examples (fewer when the split
     has fewer eligible lines). Candidate lines are those with ``min_line_chars..max_line_chars``
     non-blank characters and no trailing whitespace.
+
+    ``task_docs``/``task_seed`` choose the documents of the other tasks scored with this data (the
+    bundled paper tasks): a fixed subsample of ``task_docs`` documents per task, drawn in an order
+    shuffled with seed ``task_seed`` (None: every document that fits the window; see
+    :mod:`harness.evaluate`). They select rather than generate, so they are not part of :meth:`key`.
     """
 
     split: str = "test"
@@ -64,6 +69,8 @@ class OfflineDataSpec:
     n_choices: int = 4
     min_line_chars: int = 8
     max_line_chars: int = 160
+    task_docs: int | None = None
+    task_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.n_choices < 2:
@@ -72,10 +79,13 @@ class OfflineDataSpec:
             raise OfflineDataError("next_line_examples, context_lines and context_chars must be positive.")
         if not 1 <= self.min_line_chars <= self.max_line_chars:
             raise OfflineDataError("need 1 <= min_line_chars <= max_line_chars.")
+        if self.task_docs is not None and self.task_docs < 1:
+            raise OfflineDataError(f"task_docs must be a positive number of documents per task, got {self.task_docs}.")
 
     def key(self) -> str:
-        """A short hash of every field (part of the cache folder name)."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """A short hash of every field that shapes the generated files (part of the cache folder name)."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("task_docs", "task_seed")}
+        blob = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 

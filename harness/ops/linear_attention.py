@@ -76,6 +76,23 @@ def _causal_decay_mask(log_decay: torch.Tensor | None, n: int, ref: torch.Tensor
     return torch.where(causal, torch.exp(lg * expo), 0.0).to(ref.dtype)
 
 
+def attention_weights(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    log_decay: torch.Tensor | None = None,
+    normalize: bool = False,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """The (B, H, T, T) matrix the parallel form applies to the values of a fresh sequence:
+    ``A_ij = gamma^(i-j) q_i . k_j`` for ``j <= i`` (0 above the diagonal), divided by its row sum
+    plus ``eps`` when ``normalize`` — so ``o = A v`` (the attention map of a linear-attention mixer)."""
+    scores = (q @ k.transpose(-1, -2)) * _causal_decay_mask(log_decay, q.shape[-2], q)
+    if normalize:
+        scores = scores / (scores.sum(-1, keepdim=True) + eps)
+    return scores
+
+
 def linear_attention_parallel(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -89,8 +106,7 @@ def linear_attention_parallel(
     """Quadratic reference form: ``O = (Q K^T * D) V`` with D the causal decay mask."""
     T = q.shape[-2]
     va = _augment(v, normalize)
-    scores = (q @ k.transpose(-1, -2)) * _causal_decay_mask(log_decay, T, q)
-    o = scores @ va
+    o = attention_weights(q, k, log_decay=log_decay) @ va
     pos = torch.arange(T, device=q.device)
     if initial_state is not None:
         w = _decay_pow(log_decay, pos + 1, q)  # gamma^(i+1)

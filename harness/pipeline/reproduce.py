@@ -1,29 +1,50 @@
-"""``python -m harness reproduce``: run the paper's experiments at a profile and write the report.
+"""``python -m harness reproduce``: run the paper's experiments at a profile, write the report, and
+compare the run with the committed reference.
 
-Every experiment is validated before anything runs. Each finished experiment is recorded in
-``results/<profile>/<experiment>/meta.json`` with the hash of its definition; running again reuses
-it (and every training run inside is reused or resumed, see :mod:`harness.pipeline.stages`), so the
-command is idempotent and can be killed and restarted at any point. ``--dry-run`` prints the plan —
-runs, tokens, estimated GPU-hours — without running anything (the ``paper`` profile's way to check
-a cluster job before launching it).
+Where things go (see ``results/README.md``):
+
+* a fresh run writes to ``runs/<profile>/`` (``--results-dir DIR``: ``DIR/<profile>/``): one folder
+  per experiment, ``REPORT.md``, ``COMPARE.md``, the training runs under ``runs/`` and everything
+  the experiments printed in ``reproduce.log``;
+* ``results/<profile>/`` is the committed reference. At the end the run is compared with it
+  (:func:`harness.report.compare.compare`) and the verdict printed in one line. Maintainers refresh
+  the reference with ``--results-dir results``;
+* ``--data PATH`` runs the profile on the user's own corpus into ``runs/data-<corpus hash>/<profile>/``
+  (the same layout, apart from the embedded corpus's results); it is not compared with the
+  reference, which was made on other data.
+
+Every experiment is validated before anything runs. A finished experiment is recorded in
+``<experiment>/meta.json`` with the hash of its definition and the fingerprint of the code that
+produced it (:mod:`harness.fingerprint`); running again reuses it only when both still match, and
+says why when it does not. Every training run inside is reused or resumed (see
+:mod:`harness.pipeline.stages`), so the command is idempotent and can be killed and restarted at
+any point. ``--dry-run`` prints the plan (runs, tokens, estimated GPU-hours) and what would run,
+without running anything (the ``paper`` profile's way to check a cluster job before launching it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import platform
+import datetime as dt
+import functools
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Any, TextIO
 
-import pandas as pd
 import torch
 
+from harness.fingerprint import Fingerprint, describe_change
 from harness.io import atomic_write_json, atomic_write_text
 from harness.pipeline import stages
-from harness.pipeline.runners import RUNNERS, PlannedRun
-from harness.pipeline.spec import PROFILES, Experiment, experiment_names, load_experiment, load_profile
+from harness.pipeline.progress import Progress, capture_output
+from harness.pipeline.runner import PlannedRun
+from harness.pipeline.runners import RUNNERS
+from harness.pipeline.spec import PROFILES, Experiment, Profile, experiment_names, load_experiment, load_profile
+from harness.provenance import environment
 
 #: run order: later experiments reuse the runs of earlier ones
 ORDER: tuple[str, ...] = (
@@ -40,6 +61,8 @@ ORDER: tuple[str, ...] = (
 #: GPU-hour estimate: 6 N D training FLOPs at this sustained throughput per GPU (A100 bf16 peak
 #: 312 TFLOP/s at 40% model-FLOPs utilisation) — an assumption, printed with the plan
 SUSTAINED_FLOPS = 0.4 * 312e12
+#: hex digits of the corpus hash in a ``--data`` run's folder name
+DATA_HASH_LENGTH = 10
 
 
 def ordered(names: list[str]) -> list[str]:
@@ -48,6 +71,19 @@ def ordered(names: list[str]) -> list[str]:
 
 def gpu_hours(run: PlannedRun) -> float:
     return 6 * run.params * run.tokens / SUSTAINED_FLOPS / 3600
+
+
+def say(text: str) -> None:
+    """A status line of the pipeline."""
+    print(f"[reproduce] {text}", flush=True)
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the working directory where it is below it (for messages)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def print_plan(exps: list[Experiment]) -> list[PlannedRun]:
@@ -73,18 +109,16 @@ def print_plan(exps: list[Experiment]) -> list[PlannedRun]:
     return unique
 
 
-def environment() -> dict[str, str]:
-    from harness.provenance import commit_label, cpu_model
+@functools.lru_cache(maxsize=8)
+def corpus_record(spec: str) -> dict[str, Any]:
+    """What identifies a profile's corpus (hash, documents, bytes), recorded with every result; the
+    hub's streamed datasets are named, not read."""
+    if spec.startswith("hf:"):
+        return {"spec": spec}
+    from harness.data.corpus import load_corpus
 
-    return {
-        "git_commit": commit_label(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": cpu_model(),
-        "threads": str(torch.get_num_threads()),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
-        "platform": platform.platform(),
-    }
+    meta = load_corpus(spec).meta
+    return {"spec": spec, **{k: meta.get(k) for k in ("hash", "files", "bytes", "python")}}
 
 
 def definition_hash(exp: Experiment) -> str:
@@ -92,22 +126,64 @@ def definition_hash(exp: Experiment) -> str:
     return stages.config_key([exp.name, exp.runner, exp.params, prof])
 
 
-def run_experiment(exp: Experiment, ctx: stages.Context, force: bool = False) -> Path:
-    out = ctx.root / exp.name
+def code_fingerprint(exp: Experiment) -> Fingerprint:
+    """The fingerprint of the code an experiment's results depend on (:meth:`Runner.code_fingerprint`)."""
+    return RUNNERS[exp.runner].code_fingerprint(exp, exp.runner_params())
+
+
+def why_run(exp: Experiment, out: Path, force: bool = False) -> str | None:
+    """Why experiment ``exp`` must run into ``out`` (None: its results there are up to date)."""
     meta_path = out / "meta.json"
-    key = definition_hash(exp)
-    if meta_path.exists() and not force and stages.read_json(meta_path).get("definition_hash") == key:
-        print(f"[reproduce] {exp.name}: up to date ({out})", flush=True)
-        return out
-    print(f"[reproduce] {exp.name}: running ({exp.paper_ref})", flush=True)
+    if not meta_path.exists():
+        return "not run yet"
+    if force:
+        return "--force"
+    meta = stages.read_json(meta_path)
+    if meta.get("definition_hash") != definition_hash(exp):
+        return f"its definition changed (experiments/{exp.name}.yaml or profile {exp.profile.name!r})"
+    if "code_fingerprint" not in meta:
+        return "made by a version of the suite that recorded no code fingerprint"
+    code = code_fingerprint(exp)
+    if meta["code_fingerprint"] != code.digest:
+        return f"the code changed ({describe_change(code.changed_files(meta.get('code_files')))})"
+    missing = [t for t in meta.get("tables", []) if not (out / f"{t}.csv").exists()]
+    if missing:
+        return f"output missing ({', '.join(f'{t}.csv' for t in missing)})"
+    return None
+
+
+def run_experiment(
+    exp: Experiment, ctx: stages.Context, force: bool = False, notes: tuple[str, ...] = (), tag: str | None = None
+) -> bool:
+    """Run ``exp`` into ``ctx.root/<name>/`` unless it is up to date there; True if it ran.
+    ``notes`` go into its ``meta.json`` (and the report); ``tag`` names it in status lines."""
+    out = ctx.root / exp.name
+    tag = tag or exp.name
+    show = ctx.monitor.say if ctx.monitor is not None else print
+    reason = why_run(exp, out, force)
+    if reason is None:
+        show(f"[reproduce] {tag}: up to date ({shown(out)})")
+        return False
+    eta = f" — ETA {ctx.monitor.eta()}" if ctx.monitor is not None else ""
+    what = f"running ({exp.paper_ref})" if reason == "not run yet" else f"re-running: {reason}"
+    show(f"[reproduce] {tag}: {what}{eta}")
+    marker = out / ".running.json"
+    key, code = definition_hash(exp), code_fingerprint(exp)
+    # an earlier complete result (stale or forced), or an interrupted attempt with other code: its
+    # resumable state must not be continued
+    fresh = (out / "meta.json").exists() or (
+        marker.exists() and stages.read_json(marker) != {"definition_hash": key, "code_fingerprint": code.digest}
+    )
+    atomic_write_json(marker, {"definition_hash": key, "code_fingerprint": code.digest})
+    (out / "meta.json").unlink(missing_ok=True)  # until it is complete again, it is not up to date
     start = time.time()
-    output = RUNNERS[exp.runner].run(exp, exp.runner_params(), ctx)
+    output = RUNNERS[exp.runner].run(exp, exp.runner_params(), dataclasses.replace(ctx, fresh=fresh))
     for name, frame in output.tables.items():
         atomic_write_text(out / f"{name}.csv", frame.to_csv(index=False))
         if name == "table":
             atomic_write_text(out / "table.md", frame.to_markdown(index=False, floatfmt=".4g") + "\n")
     atomic_write_json(
-        meta_path,
+        out / "meta.json",
         {
             "experiment": exp.name,
             "paper_ref": exp.paper_ref,
@@ -115,56 +191,220 @@ def run_experiment(exp: Experiment, ctx: stages.Context, force: bool = False) ->
             "profile": exp.profile.name,
             "params": exp.params,
             "definition_hash": key,
+            "code_fingerprint": code.digest,
+            "code_files": code.files,
+            "tables": sorted(output.tables),
             "wall_time_s": round(time.time() - start, 1),
             "figures": [str(f.relative_to(out)) for f in output.figures],
-            "notes": output.notes,
-            "environment": environment(),
+            "notes": [*notes, *output.notes],
+            "environment": environment(device="cuda" if torch.cuda.is_available() else "cpu"),
+            "corpus": corpus_record(exp.profile.data),
         },
     )
-    print(f"[reproduce] {exp.name}: done in {time.time() - start:.0f}s", flush=True)
-    return out
+    marker.unlink(missing_ok=True)
+    show(f"[reproduce] {tag}: done in {time.time() - start:.0f}s")
+    return True
+
+
+def reference_verdict(ref: Path, root: Path, exps: list[Experiment]) -> str:
+    """Compare the run in ``root`` with the reference ``ref`` (:func:`harness.report.compare.compare`),
+    write ``root/COMPARE.md`` and return the verdict as one line. It also says which of ``exps``
+    the reference holds from other code or definitions than the run's (a stale reference)."""
+    from harness.report.compare import compare
+
+    frame, ok = compare(ref, root)
+    if frame.empty:
+        return f"nothing to compare with the reference {shown(ref)}: no experiment with a table.csv in both"
+    stale = {e.name: why_run(e, ref / e.name) for e in exps if (ref / e.name / "meta.json").exists()}
+    stale = {name: reason for name, reason in stale.items() if reason is not None}
+    text = frame.to_markdown(index=False, floatfmt=".4g")
+    agree = "agree up to their noise" if ok else "are not shown to agree (see the verdicts below)"
+    older = "".join(f"- {name}: {reason}\n" for name, reason in stale.items())
+    if older:
+        older = f"The reference of these experiments was made otherwise than this run's:\n\n{older}\n"
+    path = atomic_write_text(
+        root / "COMPARE.md",
+        f"Comparing {shown(ref)} (A, the committed reference) with {shown(root)} (B, this run): the runs "
+        f"{agree}.\n\n(`python -m harness compare {shown(ref)} {shown(root)}` prints this again.)\n\n{older}{text}\n",
+    )
+    verdicts = frame["verdict"]
+    judged = int(verdicts.isin(["within seed noise", "DIFFERS"]).sum())
+    same = (frame["max |A-B|"] == 0) | (verdicts == "identical")
+    differs = frame[verdicts == "DIFFERS"]
+    unjudged = frame[(verdicts == "no noise estimate") & ~same]
+    unmatched = sorted(set(frame.loc[frame["rows"] != frame["of"], "experiment"]))
+    parts = []
+    if len(differs):
+        which = [f"{e}: {m}" for e, m in zip(differs["experiment"], differs["metric"])]
+        parts.append(
+            f"does NOT agree: {len(differs)} of {judged} metrics beyond their noise ({describe_change(which)})"
+        )
+    if unmatched:
+        parts.append(f"rows unmatched in {', '.join(unmatched)}")
+    if len(unjudged):
+        which = [f"{e}: {m}" for e, m in zip(unjudged["experiment"], unjudged["metric"])]
+        parts.append(f"{len(unjudged)} metric(s) differ with no noise estimate to judge by ({describe_change(which)})")
+    counts = f"{judged} metrics judged, {int(same.sum())} of {len(frame)} identical"
+    if parts:
+        verdict = "; ".join(parts) + f" ({counts})"
+    elif judged:
+        verdict = f"agrees up to its noise ({counts})"
+    else:
+        verdict = f"every row matches and every metric is identical ({counts}; nothing needed a noise estimate)"
+    if stale:
+        verdict += f"; the reference of {len(stale)} experiment(s) predates this code or definition"
+    return f"compared with the reference {shown(ref)}: {verdict}; details: {shown(path)}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``python -m harness reproduce``."""
     parser.add_argument("--profile", default="tiny", choices=PROFILES, help="scale to run at (default: tiny)")
     parser.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="run only these experiments")
-    parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="validate, print the plan and what would run; run nothing"
+    )
     parser.add_argument("--force", action="store_true", help="re-run experiments even if up to date")
-    parser.add_argument("--results-dir", type=Path, default=stages.RESULTS_DIR, help="where results/ is")
-    parser.add_argument("--progress", action="store_true", help="show training progress bars")
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        metavar="DIR",
+        default=stages.RUNS_DIR,
+        help="write to DIR/<profile>/ (default: runs/, so runs/<profile>/; `--results-dir results` refreshes "
+        "the committed reference results/<profile>/)",
+    )
+    parser.add_argument(
+        "--data",
+        metavar="PATH",
+        help="run on your own corpus (a folder of text files, a .txt/.jsonl file, or hf:NAME[:CONFIG]) instead of "
+        "the profile's; written to DIR/data-<corpus hash>/<profile>/ and not compared with the reference",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print what the experiments print (evaluation, benchmarks, libraries) here instead of into "
+        "<run folder>/reproduce.log",
+    )
+    parser.add_argument(
+        "--progress", action="store_true", help="show each training run's progress bar (implies --verbose)"
+    )
+
+
+def _estimates(names: list[str], roots: list[Path]) -> dict[str, float]:
+    """An earlier wall time per experiment: from the first of ``roots`` that has its ``meta.json``."""
+    found: dict[str, float] = {}
+    for name in names:
+        for root in roots:
+            meta = root / name / "meta.json"
+            if meta.is_file():
+                found[name] = float(stages.read_json(meta).get("wall_time_s") or 0)
+                break
+    return found
 
 
 def main(args: argparse.Namespace) -> int:
-    profile = load_profile(args.profile)
+    """Validate, run (or ``--dry-run``), report and compare; see the module docstring."""
+    profile: Profile = load_profile(args.profile)
+    own_data = profile.data
+    results_dir: Path = args.results_dir
+    notes: tuple[str, ...] = ()
+    if args.data:
+        from harness.data.corpus import load_corpus
+
+        spec = args.data if args.data.startswith("hf:") else str(Path(args.data).expanduser().resolve())
+        corpus = load_corpus(spec)  # a clear CorpusError (exit status 2) when it cannot be read
+        results_dir = results_dir / f"data-{corpus.meta['hash'][:DATA_HASH_LENGTH]}"
+        notes = (
+            f"Trained and evaluated on the user's corpus {spec} (hash {corpus.meta['hash'][:12]}, "
+            f"{corpus.meta.get('files')} documents), not the profile's own ({profile.data}).",
+        )
+        profile = dataclasses.replace(profile, data=spec)
     names = args.only or experiment_names()
-    exps = [load_experiment(n, profile) for n in ordered(names)]  # validates every definition first
-    print(f"[reproduce] profile {profile.name}: {profile.description}")
-    print(f"[reproduce] experiments: {', '.join(e.name for e in exps)}")
+    exps = [load_experiment(n, profile) for n in ordered(list(dict.fromkeys(names)))]  # validates all first
+    ctx = stages.Context(profile, results_dir=results_dir, progress=args.progress)
+    say(f"profile {profile.name}: {profile.description}")
+    if args.data:
+        say(f"corpus: {profile.data} (instead of {own_data})")
+    say(f"experiments: {', '.join(e.name for e in exps)}")
+    say(f"run folder: {shown(ctx.root)}")
     if args.dry_run:
         print_plan(exps)
+        print()
+        for exp in exps:
+            reason = why_run(exp, ctx.root / exp.name, args.force)
+            say(f"{exp.name}: {'up to date' if reason is None else 'would run: ' + reason}")
         return 0
     if profile.device == "cuda" and not torch.cuda.is_available():
-        print(
-            f"[reproduce] profile {profile.name!r} needs CUDA GPUs (run it under `accelerate launch` on a GPU "
-            "machine); use --dry-run here to check its plan.",
-            file=sys.stderr,
+        from harness.errors import UserError
+
+        raise UserError(
+            f"profile {profile.name!r} needs CUDA GPUs (run it under `accelerate launch` on a GPU machine); use "
+            "--dry-run here to check its plan."
         )
-        return 2
-    ctx = stages.Context(profile, results_dir=args.results_dir, progress=args.progress)
     start = time.time()
-    for exp in exps:
-        run_experiment(exp, ctx, force=args.force)
+    ran = _run_all(exps, ctx, args, notes)
     from harness.report.report import write_report
 
-    report = write_report(profile.name, args.results_dir)
-    print(f"[reproduce] finished in {time.time() - start:.0f}s; report: {report}")
+    report = write_report(profile.name, results_dir)
+    reused = len(exps) - ran
+    say(f"finished in {time.time() - start:.0f}s: {ran} experiment(s) ran, {reused} reused; report: {shown(report)}")
+    ref = stages.RESULTS_DIR / profile.name
+    if args.data:
+        say(
+            f"not compared with the reference {shown(ref)}: it was made on the profile's own corpus "
+            f"({own_data}), this run on {profile.data}"
+        )
+    elif not ref.is_dir():
+        say(f"no committed reference {shown(ref)} to compare with")
+    elif ref.resolve() == ctx.root.resolve():
+        say(f"this run refreshed the committed reference {shown(ref)} itself; nothing to compare it with")
+    else:
+        say(reference_verdict(ref, ctx.root, exps))
     return 0
 
 
-def summary_frame(results_dir: Path, profile: str) -> pd.DataFrame:
-    """meta.json of every finished experiment of a profile, one row each."""
-    rows = []
-    for meta in sorted((results_dir / profile).glob("*/meta.json")):
-        m = stages.read_json(meta)
-        rows.append({k: m.get(k) for k in ("experiment", "paper_ref", "wall_time_s")})
-    return pd.DataFrame(rows)
+def _run_all(exps: list[Experiment], ctx: stages.Context, args: argparse.Namespace, notes: tuple[str, ...]) -> int:
+    """Run every experiment with one progress display; the rest of the output goes to the log
+    unless ``--verbose``/``--progress``. Returns how many ran."""
+    from transformers.utils import logging as hf_logging
+
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Loading weights", "Writing model shards"
+    names = [e.name for e in exps]
+    estimates = _estimates(names, [ctx.root, stages.RESULTS_DIR / ctx.profile.name])
+    log = ctx.root / "reproduce.log"
+    verbose = args.verbose or args.progress
+    ran, current = 0, ""
+    try:
+        with _quiet(log, verbose) as (out, _err):
+            monitor = Progress(names, estimates, out, live=False if args.progress else None)  # bars of its own
+            ctx = dataclasses.replace(ctx, monitor=monitor)
+            if not verbose:
+                monitor.say(f"[reproduce] the experiments' own output goes to {shown(log)}")
+            try:
+                for exp in exps:
+                    current = exp.name
+                    tag = monitor.begin(exp.name)
+                    did = run_experiment(exp, ctx, force=args.force, notes=notes, tag=tag)
+                    monitor.end(exp.name, did)
+                    ran += did
+            finally:
+                monitor.close()
+    except BaseException:
+        if not verbose and current:
+            print(f"[reproduce] {current} stopped; what it printed is in {shown(log)}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+    return ran
+
+
+def _quiet(log: Path, verbose: bool) -> contextlib.AbstractContextManager[tuple[TextIO, TextIO]]:
+    """:func:`capture_output` into ``log``, or nothing when ``verbose``."""
+    if verbose:
+        return contextlib.nullcontext((sys.stdout, sys.stderr))
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as f:
+        when = dt.datetime.now().isoformat(timespec="seconds")
+        f.write(f"\n===== {when} python -m harness reproduce (pid {os.getpid()})\n")
+    return capture_output(log)

@@ -2,8 +2,11 @@
 them against the profile (``validate``), lists the training runs it needs (``plan``, for
 ``--dry-run``) and produces tidy tables and figures (``run``).
 
-Outputs go to ``results/<profile>/<experiment>/``: ``results.csv`` (tidy rows), ``table.md``, and
-figures as PNG and PDF. Every number comes from a run of :mod:`harness.pipeline.stages`.
+Outputs go to ``<results dir>/<profile>/<experiment>/`` (``runs/<profile>/...`` by default):
+``results.csv`` (tidy rows), ``table.md``, and figures as PNG and PDF. Every number comes from a run
+of :mod:`harness.pipeline.stages`. Each runner names the methods its results depend on
+(:meth:`Runner.methods`); with the runner's own imports they make the experiment's code fingerprint
+(:meth:`Runner.code_fingerprint`, see :mod:`harness.fingerprint`).
 """
 
 from __future__ import annotations
@@ -11,89 +14,25 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pandas as pd
 
+from harness.fingerprint import fingerprint, method_modules
 from harness.pipeline import stages
+from harness.pipeline.controls_runner import ControlsRunner
+from harness.pipeline.hybrid_runner import HybridRunner
+from harness.pipeline.runner import (
+    Output,
+    PlannedRun,
+    Runner,
+    heldout_ids,
+    score_frame,
+    teacher_params,
+    wide_table,
+)
 from harness.pipeline.spec import Experiment, SpecError
 from harness.registry import get_method, list_methods
-
-#: the metric that stands for "accuracy" in averages (lm-eval's acc; the paper reports acc)
-ACC = "acc"
-
-
-@dataclass
-class Output:
-    """What a runner produced: named tidy tables and figure paths."""
-
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-    figures: list[Path] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class PlannedRun:
-    """A training run an experiment needs (for ``--dry-run``)."""
-
-    label: str
-    kind: str  # pretrain | convert | scratch
-    params: float
-    tokens: float
-
-
-class Runner:
-    Params: ClassVar[type]
-
-    def validate(self, exp: Experiment, params: Any) -> None:
-        for m in getattr(params, "methods", []) + getattr(params, "from_scratch", []):
-            _check_method(exp, m)
-        if getattr(params, "method", None):
-            _check_method(exp, params.method)
-        for t in getattr(params, "teachers", []) + ([params.teacher] if getattr(params, "teacher", None) else []):
-            exp.profile.teacher(t)
-
-    def plan(self, exp: Experiment, params: Any) -> list[PlannedRun]:
-        return []
-
-    def run(self, exp: Experiment, params: Any, ctx: stages.Context) -> Output:
-        raise NotImplementedError
-
-
-def _check_method(exp: Experiment, method: str) -> None:
-    if method not in list_methods():
-        raise SpecError(f"experiment {exp.name!r}: unknown method {method!r}; registered: {', '.join(list_methods())}.")
-
-
-def teacher_params(exp: Experiment, name: str) -> float:
-    """Parameter count of a teacher (from the profile, or counted on the meta device)."""
-    t = exp.profile.teacher(name)
-    if t.params:
-        return float(t.params)
-    import torch
-
-    from harness import MixerLMConfig, MixerLMForCausalLM
-
-    with torch.device("meta"):
-        model = MixerLMForCausalLM(MixerLMConfig(vocab_size=258, **t.shape))
-    return float(sum(p.numel() for p in model.parameters()))
-
-
-def score_frame(rows: list[dict[str, Any]], label: str, **extra: Any) -> list[dict[str, Any]]:
-    """Keep the columns a table needs from tidy eval rows, tagging them with ``label`` and ``extra``."""
-    keep = ("task", "metric", "value", "stderr", "n")
-    return [{"model": label, **extra, **{k: r.get(k) for k in keep}} for r in rows]
-
-
-def wide_table(frame: pd.DataFrame, index: list[str]) -> pd.DataFrame:
-    """Rows per model, one column per task (accuracy), plus bits per byte and the accuracy average."""
-    acc = frame[frame.metric == ACC].pivot_table(index=index, columns="task", values="value", aggfunc="mean")
-    if len(acc.columns):
-        acc["avg"] = acc.mean(axis=1)
-    bpb = frame[frame.metric == "bits_per_byte"].pivot_table(index=index, columns="task", values="value")
-    bpb.columns = [f"{c} bpb" for c in bpb.columns]
-    return acc.join(bpb, how="outer").reset_index()
 
 
 # -- table 1 / table 3: scale ------------------------------------------------------------------------
@@ -136,10 +75,12 @@ class ScaleRunner(Runner):
                 for label, run, method in ((name, teacher, "softmax"), (f"{p.method}-{name}", conv, p.method)):
                     is_run = isinstance(run, stages.Run)
                     tps = decode_throughput(run.model_dir if is_run else run, p.throughput_len)
+                    from harness.evaluate import count_parameters  # each model's own (gate, decays included)
+
                     extra = dict(
                         method=method,
                         teacher=name,
-                        params=n,
+                        params=count_parameters(run.model_dir) if is_run else n,
                         seed=s,
                         train_tokens=run.tokens if is_run else t.tokens,
                         train_wall_s=run.result.wall_time_s if is_run else math.nan,
@@ -210,9 +151,9 @@ class MethodsRunner(Runner):
             rows += score_frame(stages.evaluate_model(ctx, run, m, m), m, method=m, seed=s)
         frame = pd.DataFrame(rows)
         per_seed = wide_table(frame, ["model", "method", "seed"])
-        value_cols = [c for c in per_seed.columns if c not in ("model", "method", "seed")]
-        grouped = per_seed.groupby(["model", "method"], sort=False)[value_cols]
-        table = grouped.mean().join(grouped.std(ddof=1).add_suffix(" sd")).join(grouped.size().rename("seeds"))
+        from harness.report.tables import seed_table
+
+        table = seed_table(per_seed, ["model", "method"]).set_index(["model", "method"])
         notes = []
         if p.from_scratch and p.scratch_fraction != 1.0:
             notes.append(
@@ -242,6 +183,12 @@ class CurvesRunner(Runner):
         src = load_experiment(p.source, exp.profile)
         if src.runner != "methods":
             raise SpecError(f"experiment {exp.name!r}: source {p.source!r} is not a methods experiment.")
+
+    def methods(self, exp: Experiment, p: CurvesParams) -> list[str]:
+        from harness.pipeline.spec import load_experiment
+
+        src = load_experiment(p.source, exp.profile)
+        return RUNNERS[src.runner].methods(src, src.runner_params())
 
     def run(self, exp: Experiment, p: CurvesParams, ctx: stages.Context) -> Output:
         from harness.pipeline.spec import load_experiment
@@ -343,14 +290,18 @@ class MQARRunner(Runner):
             train = MQARTrainConfig(**{**p.train, "seed": s})
             for method in p.methods:
                 for d in p.d_models:  # one cache per point: a killed sweep resumes where it stopped
-                    key = stages.config_key([p.data, p.train, p.lrs, method, d, s])
+                    code = fingerprint(["harness.mqar", *method_modules([method])]).digest
+                    key = stages.config_key([p.data, p.train, p.lrs, method, d, s, code])
                     cache = ctx.runs / f"mqar-{method}-d{d}-s{s}-{key}.json"
                     if not cache.exists():
                         found = mqar_sweep([method], [d], MQARConfig(**p.data), train, lrs=p.lrs, progress=ctx.progress)
                         stages.atomic_write_json(cache, {"rows": found})
                     rows += [{**r, "seed": s} for r in stages.read_json(cache)["rows"]]
         frame = pd.DataFrame(rows).rename(columns={"value": "accuracy"})
-        table = frame.groupby(["method", "d_model", "state_size"], sort=False)["accuracy"].agg(["mean", "count"])
+        grouped = frame.groupby(["method", "d_model", "state_size"], sort=False)
+        table = grouped["accuracy"].agg(["mean", "count"])
+        if "stderr" in frame.columns:  # per-item standard error of the mean over seeds (compare's noise estimate)
+            table["mean stderr"] = grouped["stderr"].apply(lambda se: (se**2).sum() ** 0.5 / len(se))
         return Output(
             tables={"results": frame, "table": table.reset_index()},
             figures=plot_mqar(frame, ctx.root / exp.name / "mqar"),
@@ -358,21 +309,6 @@ class MQARRunner(Runner):
 
 
 # -- inputs from the held-out split --------------------------------------------------------------------
-def heldout_ids(ctx: stages.Context, model_path: str, n_tokens: int) -> Any:
-    """The first ``n_tokens`` tokens of the corpus's first held-out (test) document that is long enough."""
-    import torch
-
-    from harness.data.corpus import load_corpus
-    from harness.evaluate import default_tokenizer, load_model
-
-    tok = default_tokenizer(load_model(model_path), model_path)
-    for doc in load_corpus(ctx.profile.data).documents("test"):
-        ids = tok(doc.text, add_special_tokens=False)["input_ids"]
-        if len(ids) >= n_tokens:
-            return torch.tensor([ids[:n_tokens]])
-    raise SpecError(f"no held-out document has {n_tokens} tokens; lower 'tokens'.")
-
-
 # -- figure 3: attention maps -------------------------------------------------------------------------
 @dataclass
 class AttentionMapsParams:
@@ -451,9 +387,9 @@ class KernelAblationRunner(Runner):
     def run(self, exp: Experiment, p: KernelAblationParams, ctx: stages.Context) -> Output:
         import torch
 
+        from analyses.kernel_ablation import ablation_rows, slope
         from harness.attention_maps import queries_keys
         from harness.evaluate import load_model
-        from harness.kernel_ablation import ablation_rows, slope
         from harness.report.figures import plot_kernel_ablation
 
         teacher = stages.teacher(ctx, exp.profile.teacher(p.teacher), 0)
@@ -514,12 +450,17 @@ class SpeedRunner(Runner):
             except UnknownShapeError as err:
                 raise SpecError(f"experiment {exp.name!r}: {err}") from None
 
+    def methods(self, exp: Experiment, p: SpeedParams) -> list[str]:
+        return sorted(p.methods or list_methods())
+
     def run(self, exp: Experiment, p: SpeedParams, ctx: stages.Context) -> Output:
-        from harness.cli import main as cli
+        import argparse
+
+        from harness.bench import add_arguments
+        from harness.bench import main as bench
 
         out = ctx.root / exp.name
         args = [
-            "bench",
             "--no-supervise",
             "--shapes",
             ",".join(p.shapes),
@@ -535,8 +476,12 @@ class SpeedRunner(Runner):
         ]
         if p.methods:
             args += ["--methods", ",".join(p.methods)]
-        if cli(args) != 0:
-            raise RuntimeError(f"benchmark sweep failed: python -m harness {' '.join(args)}")
+        if ctx.fresh:  # the earlier sweep's points are stale: bench keeps them as a backup
+            args.append("--fresh")
+        parser = argparse.ArgumentParser(prog="python -m harness bench")
+        add_arguments(parser)
+        if bench(parser.parse_args(args)) != 0:
+            raise RuntimeError(f"benchmark sweep failed: python -m harness bench {' '.join(args)}")
         rows = stages.read_json(out / "bench.json")
         rows = rows.get("rows", rows) if isinstance(rows, dict) else rows
         frame = pd.DataFrame(rows)
@@ -554,6 +499,8 @@ RUNNERS: dict[str, Runner] = {
     "methods": MethodsRunner(),
     "curves": CurvesRunner(),
     "recovery": RecoveryRunner(),
+    "controls": ControlsRunner(),
+    "hybrid": HybridRunner(),
 }
 
 

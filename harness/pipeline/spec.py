@@ -89,15 +89,19 @@ class Experiment:
             raise SpecError(f"experiment {self.name!r}: {err}") from None
 
 
-def _read_yaml(path: Path) -> Any:
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        return yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise SpecError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path} must hold a mapping of keys, not {type(data).__name__}.")
+    return data
 
 
-def load_profile(name: str, directory: Path = EXPERIMENTS_DIR) -> Profile:
-    """Profile ``name`` from ``profiles.yaml``."""
+def load_profile(name: str, directory: Path | None = None) -> Profile:
+    """Profile ``name`` from ``profiles.yaml`` (in ``directory``, default :data:`EXPERIMENTS_DIR`)."""
+    directory = EXPERIMENTS_DIR if directory is None else directory
     data = _read_yaml(directory / "profiles.yaml")
     if name not in data:
         raise SpecError(f"unknown profile {name!r}; choose one of {sorted(data)}.")
@@ -132,15 +136,17 @@ def load_profile(name: str, directory: Path = EXPERIMENTS_DIR) -> Profile:
     return Profile(name=name, teachers=teachers, **raw)
 
 
-def experiment_names(directory: Path = EXPERIMENTS_DIR) -> list[str]:
+def experiment_names(directory: Path | None = None) -> list[str]:
     """All defined experiments (file stems), sorted."""
+    directory = EXPERIMENTS_DIR if directory is None else directory
     return sorted(p.stem for p in directory.glob("*.yaml") if p.stem != "profiles")
 
 
-def load_experiment(name: str, profile: str | Profile, directory: Path = EXPERIMENTS_DIR) -> Experiment:
+def load_experiment(name: str, profile: str | Profile, directory: Path | None = None) -> Experiment:
     """Experiment ``name`` at ``profile``, validated (runner, parameters, teachers, methods)."""
     from harness.pipeline.runners import RUNNERS
 
+    directory = EXPERIMENTS_DIR if directory is None else directory
     path = directory / f"{name}.yaml"
     if not path.exists():
         raise SpecError(f"unknown experiment {name!r}; defined: {', '.join(experiment_names(directory))}.")

@@ -5,10 +5,13 @@
 * :func:`from_scratch` — train a method of kind "model" (Mamba) on the teacher's data and budget;
 * :func:`evaluate_model` — lm-eval scores of a trained model, cached next to it.
 
-Runs live in ``results/<profile>/runs/<label>-<config hash>/`` (not committed): a finished run is
-reused, a killed one resumes (see :mod:`harness.train`), so ``reproduce.sh`` can be stopped and
-started at any time. Two experiments asking for the same run (table 1's middle teacher is table 2's
-teacher) share it.
+Runs live in ``<results dir>/<profile>/runs/<label>-<config hash>/`` (``runs/<profile>/runs/`` by
+default; never committed): a finished run is reused, a killed one resumes (see :mod:`harness.train`),
+so ``reproduce.sh`` can be stopped and started at any time. Two experiments asking for the same run
+(table 1's middle teacher is table 2's teacher) share it. The config hash covers the code that
+trains the run (:meth:`harness.train.TrainConfig.config_hash`), and an evaluation's cache key the
+evaluation code, so editing a method or the training code gives new runs instead of reusing stale
+ones.
 """
 
 from __future__ import annotations
@@ -16,24 +19,40 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from harness.fingerprint import fingerprint, method_modules
 from harness.io import atomic_write_json
 from harness.pipeline.spec import Profile, Teacher
-from harness.train import TrainConfig, TrainResult, train
+from harness.provenance import REPO_ROOT
+from harness.train import StepInfo, TrainConfig, TrainResult, train
 
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
+if TYPE_CHECKING:
+    from harness.pipeline.progress import Progress
+
+#: the committed reference results (``results/<profile>/``), refreshed with ``--results-dir results``
+RESULTS_DIR = REPO_ROOT / "results"
+#: where ``reproduce`` writes a fresh run by default (``runs/<profile>/``; not committed)
+RUNS_DIR = REPO_ROOT / "runs"
 
 
 @dataclass
 class Context:
-    """Where a profile's runs and results go, and whether to print progress."""
+    """Where a profile's runs and results go, and how progress is shown.
+
+    ``progress``: each training run's own progress bar; ``monitor``: the pipeline's display, told
+    about every training step; ``fresh``: the experiment being run replaces an earlier result of
+    its folder (stale or ``--force``d), so resumable state kept there (a benchmark sweep's) is not
+    continued but started anew."""
 
     profile: Profile
-    results_dir: Path = RESULTS_DIR
+    results_dir: Path = RUNS_DIR
     progress: bool = False
+    monitor: Progress | None = None
+    fresh: bool = False
 
     @property
     def root(self) -> Path:
@@ -75,7 +94,15 @@ def read_json(path: Path) -> Any:
 def _run(ctx: Context, label: str, config: TrainConfig, method: str) -> Run:
     config.out_dir = str(ctx.runs / f"{label}-{config.config_hash()[:10]}")
     config.progress = ctx.progress
-    result = train(config)
+    callbacks = []
+    if ctx.monitor is not None:
+        monitor = ctx.monitor
+
+        def report(info: StepInfo) -> None:
+            monitor.training(label, info.step, config.total_steps)
+
+        callbacks.append(report)
+    result = train(config, callbacks)
     if not result.finished:
         raise RuntimeError(f"run {label} stopped before finishing ({config.out_dir}); run again to resume.")
     return Run(label=label, result=result, method=method, tokens=config.tokens)
@@ -119,9 +146,16 @@ def _source(teacher_run: Run | str) -> str:
     return teacher_run if isinstance(teacher_run, str) else str(teacher_run.model_dir)
 
 
+def conversion_tokens(ctx: Context, t: Teacher, fraction: float) -> int:
+    """The token budget of a conversion: ``fraction`` of the teacher's pretraining tokens (at least
+    one optimizer step)."""
+    return max(ctx.profile.batch_size * ctx.profile.block_size, math.ceil(t.tokens * fraction))
+
+
 def convert(ctx: Context, t: Teacher, teacher_run: Run | str, method: str, fraction: float, seed: int = 0) -> Run:
-    """Convert the teacher to ``method`` and fine-tune on ``fraction`` of its pretraining tokens."""
-    tokens = max(ctx.profile.batch_size * ctx.profile.block_size, math.ceil(t.tokens * fraction))
+    """Convert the teacher to ``method`` and fine-tune on ``fraction`` of its pretraining tokens (the
+    ``paper`` recipe: the LM loss on every weight)."""
+    tokens = conversion_tokens(ctx, t, fraction)
     cfg = TrainConfig(
         model=_source(teacher_run),
         mixer=method,
@@ -129,6 +163,109 @@ def convert(ctx: Context, t: Teacher, teacher_run: Run | str, method: str, fract
         **_base(ctx, seed, tokens, ctx.profile.convert),
     )
     return _run(ctx, convert_label(t, method, fraction, seed), cfg, method)
+
+
+def convert_with_recipe(
+    ctx: Context, t: Teacher, teacher_run: Run | str, method: str, fraction: float, recipe: str, seed: int = 0
+) -> Run:
+    """Convert the teacher to ``method`` and train it with ``recipe`` (:mod:`harness.recipes`) at the
+    compute of the ``paper`` recipe on ``fraction`` of the teacher's tokens: each stage is a training
+    run of its own (reused and resumed like any other), the next starting from the previous model.
+    ``paper`` is :func:`convert` itself (the same run). Raises
+    :class:`~harness.objectives.ObjectiveError` where the recipe does not apply to the method
+    (``transfer`` for a method with no parameters of its own)."""
+    if recipe == "paper":
+        return convert(ctx, t, teacher_run, method, fraction, seed)
+    from harness.factory import load_model
+    from harness.recipes import mixer_share, recipe_stages
+
+    teacher_path = _source(teacher_run)
+    step = ctx.profile.batch_size * ctx.profile.block_size
+    plan = recipe_stages(recipe, conversion_tokens(ctx, t, fraction), mixer_share(load_model(teacher_path)), step)
+    source, run = teacher_path, None
+    for i, stage in enumerate(plan):
+        first = i == 0
+        cfg = TrainConfig(
+            model=source,
+            mixer=method if first else None,
+            mixer_options=dict(ctx.profile.method_options.get(method, {})) if first else {},
+            objective=stage.objective,
+            teacher=teacher_path if stage.objective != "lm" else None,
+            **_base(ctx, seed, stage.tokens, ctx.profile.convert),
+        )
+        run = _run(ctx, f"{convert_label(t, method, fraction, seed)}-{recipe}{i + 1}", cfg, method)
+        source = str(run.model_dir)
+    return run  # type: ignore[return-value]
+
+
+def convert_hybrid(
+    ctx: Context,
+    t: Teacher,
+    teacher_run: Run | str,
+    method: str,
+    fraction: float,
+    layer_mixers: dict[int, dict[str, Any]],
+    layer_selection: dict[str, Any] | None,
+    label: str,
+    seed: int = 0,
+) -> Run:
+    """:func:`convert` to a hybrid: ``method`` in every layer but those ``layer_mixers`` gives another
+    method (softmax kept, a window), fine-tuned like any conversion on the same data and tokens; the
+    choice of layers is recorded in the model config (``layer_selection``)."""
+    if not layer_mixers:
+        return convert(ctx, t, teacher_run, method, fraction, seed)
+    cfg = TrainConfig(
+        model=_source(teacher_run),
+        mixer=method,
+        mixer_options=dict(ctx.profile.method_options.get(method, {})),
+        layer_mixers={str(i): v for i, v in layer_mixers.items()},
+        layer_selection=layer_selection,
+        **_base(ctx, seed, conversion_tokens(ctx, t, fraction), ctx.profile.convert),
+    )
+    return _run(ctx, f"hybrid-{t.name}-{label}-f{fraction:g}-s{seed}", cfg, method)
+
+
+def scratch_control(
+    ctx: Context, t: Teacher, teacher_run: Run | str, method: str, fraction: float, seed: int = 0
+) -> Run:
+    """Control (a) of a conversion: ``method`` in the teacher's shape trained from scratch on the same
+    data, tokens, batch, block and seed as :func:`convert` (pretraining settings: a fresh model needs
+    the teacher's learning rate, not the fine-tune's)."""
+    tokens = conversion_tokens(ctx, t, fraction)
+    cfg = TrainConfig(
+        model=dict(t.shape) if not t.pretrained else _hub_shape(t),
+        mixer=method,
+        mixer_options=dict(ctx.profile.method_options.get(method, {})),
+        **_base(ctx, seed, tokens, ctx.profile.pretrain),
+    )
+    return _run(ctx, scratch_label(t, method, seed, fraction) + "-control", cfg, method)
+
+
+def _hub_shape(t: Teacher) -> dict[str, Any]:
+    """A pretrained teacher's shape as a MixerLM config dict (its checkpoint's config, converted)."""
+    from harness.convert import config_from_hf
+    from harness.factory import teacher_config
+
+    d = config_from_hf(teacher_config(t.checkpoint), "softmax").to_dict()
+    return {k: v for k, v in d.items() if k not in ("model_type", "transformers_version", "architectures")}
+
+
+def untrained_conversion(ctx: Context, t: Teacher, teacher_run: Run | str, method: str) -> str:
+    """Control (c): the teacher converted to ``method`` before any training ("step 0"), saved once
+    (with the teacher's tokenizer) and returned as a model directory."""
+    from harness.data.tokenizer import load_tokenizer
+    from harness.factory import ModelSpec, build_model
+
+    source = _source(teacher_run)
+    options = dict(ctx.profile.method_options.get(method, {}))
+    key = config_key([source, method, options, fingerprint(["harness.factory", *method_modules([method])]).digest])
+    out = ctx.runs / f"step0-{t.name}-{method}-{key}"
+    if not (out / "model" / "config.json").is_file():
+        tmp = out / "model.tmp"
+        build_model(ModelSpec(method, teacher=source, options=options)).save_pretrained(str(tmp))
+        load_tokenizer(source).save_pretrained(str(tmp))
+        os.replace(tmp, out / "model")
+    return str(out / "model")
 
 
 def from_scratch(
@@ -155,7 +292,7 @@ def evaluate_model(
 
     ev = {**ctx.profile.eval, **({"tasks": tasks} if tasks else {})}
     max_length = int(ev.get("max_length") or ctx.profile.block_size)
-    key = config_key([ev, ctx.profile.data, max_length])
+    key = config_key([ev, ctx.profile.data, max_length, fingerprint(["harness.evaluate"]).digest])
     if isinstance(run, Run):
         cache = Path(run.result.out_dir) / f"eval-{key}.json"
         model_path = run.model_dir

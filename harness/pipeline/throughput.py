@@ -1,15 +1,20 @@
 """Generation throughput of a trained model after a long prompt (the paper's Table 1 column,
 "inference throughput at 2048 tokens"): prefill ``prompt_len`` tokens once, then time greedy
-decoding of ``new_tokens`` tokens with the model's cache, median over repeats."""
+decoding of ``new_tokens`` tokens with the model's cache, median over repeats. The model comes from
+:func:`harness.factory.load_model` (any method), the clock from :func:`harness.timing.time_once`."""
 
 from __future__ import annotations
 
 import copy
+import functools
 import statistics
-import time
 from pathlib import Path
 
 import torch
+
+from harness.factory import load_model
+from harness.hf_cache import cache_kwarg, output_cache
+from harness.timing import time_once
 
 
 @torch.inference_mode()
@@ -18,23 +23,19 @@ def decode_throughput(model_path: str | Path, prompt_len: int, new_tokens: int =
 
     At the tiny profile a token takes ~1-3 ms, so 32 tokens x 3 repeats (the first setting) gave
     values that moved by 2x between two runs on the same idle machine; 128 x 5 costs ~1 s a model."""
-    from harness.evaluate import load_model
-    from harness.hf_cache import cache_kwarg, output_cache
-
-    model = load_model(str(model_path)).eval()
+    model = load_model(str(model_path))
     vocab = model.get_output_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(0)).to(model.device)
     out = model(ids, use_cache=True, logits_to_keep=1)
     cache_name = cache_kwarg(model)
     prompt_cache = output_cache(out)
-    times = []
-    for _ in range(repeats):
-        cache, tok = copy.deepcopy(prompt_cache), ids[:, -1:]
-        start = time.perf_counter()
+
+    def decode(cache: object) -> None:
+        tok = ids[:, -1:]
         for _ in range(new_tokens):
-            out = model(tok, use_cache=True, **{cache_name: cache})
-            cache, tok = output_cache(out), out.logits[:, -1:].argmax(-1)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+            step = model(tok, use_cache=True, **{cache_name: cache})
+            cache, tok = output_cache(step), step.logits[:, -1:].argmax(-1)
+
+    # each repeat continues its own copy of the prompt's cache, made before the clock starts
+    times = [time_once(functools.partial(decode, copy.deepcopy(prompt_cache)), model.device) for _ in range(repeats)]
     return new_tokens / statistics.median(times)

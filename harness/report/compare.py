@@ -1,18 +1,28 @@
-"""``python -m harness compare A B``: do two runs of a profile agree up to seed noise?
+"""``python -m harness compare A B``: do two runs of a profile agree up to their noise?
 
 A reproduction is only useful if a second run gives the same tables. This compares the ``table.csv``
 of every experiment two results folders share (``A``/``B``: a ``results`` folder holding
 ``<profile>/``, or the profile folder itself): rows are matched on their key columns (text columns
-and :data:`KEY_COLUMNS`), and each metric's largest difference is set against the *seed noise* of
-that metric at this profile.
+and :data:`KEY_COLUMNS`), and each metric's difference is set against its noise, row by row.
 
-Seed noise comes from the runs themselves, never from a constant: Table 2 trains every method with
-several seeds and records the standard deviation across seeds of each metric (``<metric> sd``). A
-mean over ``n`` seeds then differs between two runs by about ``sd * sqrt(2 / n)`` and a single run
-by ``sd * sqrt(2)``; a difference within ``--k`` (3) of those passes. The median of a metric's
-standard deviations over Table 2's methods stands for its noise in the other tables. Metrics with no
-such estimate (kernel-approximation errors, MQAR accuracy) are listed with their differences and no
-verdict; timings (wall time, tokens/s) depend on the machine and are not compared.
+The noise of a metric comes from the runs themselves, never from a constant:
+
+* **Per-item standard errors.** An accuracy scored on items (``<metric> stderr`` beside it; the
+  per-item results in ``results.csv``) has a paired standard error of A − B over the items both runs
+  scored (:func:`harness.report.stats.paired_difference`); without per-item results, the two runs'
+  standard errors in quadrature. Bits per byte and ``avg`` (the mean over tasks) are paired the same
+  way. MQAR's ``mean`` has its binomial standard error (``mean stderr``).
+* **Seed noise.** Table 2 trains every method with several seeds and records the standard deviation
+  across seeds of each metric (``<metric> sd``). A mean over ``n`` seeds then differs between two runs
+  by about ``sd * sqrt(2 / n)`` and a single run by ``sd * sqrt(2)``; the median over Table 2's methods
+  stands for the metric's seed noise in the other tables.
+
+A difference within ``--k`` (3) combined standard errors passes ("within seed noise"; the word
+covers both parts). Counts that must match exactly (items per task, tasks averaged, parameters,
+tokens) are compared exactly. A metric with no noise estimate is **not** passed: unless the two runs
+agree exactly it is listed as "no noise estimate" and the comparison fails (``--allow-unjudged``
+accepts such metrics unjudged). Timings (wall time, tokens/s) depend on the machine and are not
+compared.
 """
 
 from __future__ import annotations
@@ -24,11 +34,24 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.lm_eval_tasks import OFFLINE_TASKS
+from harness.report.stats import Items, decode_items, paired_difference
+
 #: numeric columns that identify a row rather than measure something
-KEY_COLUMNS: frozenset[str] = frozenset({"fraction", "seed", "seeds", "d_model", "state_size", "seq_len", "m", "L"})
+KEY_COLUMNS: frozenset[str] = frozenset(
+    {"fraction", "seed", "seeds", "d_model", "state_size", "seq_len", "m", "L", "k", "window", "context"}
+)
+#: numeric columns that must be equal in both runs (counts and configuration, not measurements)
+EXACT_COLUMNS: frozenset[str] = frozenset({"params", "train_tokens", "avg tasks", "count", "layer", "tokens"})
 #: substrings of machine-dependent columns (not compared)
 TIMING_MARKERS: tuple[str, ...] = ("wall", "tokens_per_s", "time")
+#: columns computed from compared metrics (a verdict, a ratio of them): not compared themselves
+DERIVED_COLUMNS: frozenset[str] = frozenset({"recovery", "on_front", "beats_scratch"})
+#: the seed noise of Table 2's held-out bits per byte judges every other bits-per-byte column
+BPB_NOISE = "heldout_ppl bpb"
 NOISE_TABLE = "table2_methods"
+#: verdicts (the first two are what "judged" means)
+WITHIN, DIFFERS, IDENTICAL, UNJUDGED = "within seed noise", "DIFFERS", "identical", "no noise estimate"
 
 
 def profile_dir(path: Path, profile: str) -> Path:
@@ -46,31 +69,128 @@ def seed_noise(root: Path) -> dict[str, tuple[float, int]]:
     return {c[: -len(" sd")]: (float(t[c].median()), n) for c in t.columns if c.endswith(" sd") and t[c].notna().any()}
 
 
+def _is_exact(column: str) -> bool:
+    return column in EXACT_COLUMNS or column.endswith(" n")
+
+
+def _row_items(results: pd.DataFrame | None, row: pd.Series, keys: list[str], task: str, metric: str) -> list[Items]:
+    """The per-item results (one per seed) behind one table row: the results rows of ``task`` and
+    ``metric`` that match the row's key columns."""
+    if results is None or "items" not in results.columns:
+        return []
+    sel = (results["task"] == task) & (results["metric"] == metric)
+    for k in keys:
+        if k in results.columns and k in row.index:
+            v = row[k]
+            sel &= results[k].isna() if pd.isna(v) else results[k] == v
+    decoded = [decode_items(s) for s in results.loc[sel, "items"]]
+    return [d for d in decoded if d is not None]
+
+
+def _item_se(
+    column: str, row_a: pd.Series, row_b: pd.Series, keys: list[str], results: tuple[pd.DataFrame | None, ...]
+) -> tuple[float | None, str]:
+    """The item-sampling standard error of ``A - B`` in one row of ``column``, and how it was had."""
+
+    def paired(task: str, metric: str) -> float | None:
+        a = _row_items(results[0], row_a, keys, task, metric)
+        b = _row_items(results[1], row_b, keys, task, metric)
+        d = paired_difference(a, b)
+        return d.se_items if d is not None else None
+
+    if column == "avg":
+        tasks = [c[: -len(" n")] for c in row_a.index if c.endswith(" n")]
+        tasks = [t for t in tasks if t not in OFFLINE_TASKS and t in row_a.index and pd.notna(row_a[t])]
+        ses = [paired(t, "acc") for t in tasks]
+        if tasks and all(s is not None for s in ses):
+            return math.sqrt(sum(s**2 for s in ses)) / len(ses), "items (paired)"  # type: ignore[operator]
+    elif column.endswith(" bpb"):
+        se = paired(column[: -len(" bpb")], "bits_per_byte")
+        if se is not None:
+            return se, "items (paired)"
+    else:
+        se = paired(column, "acc")
+        if se is not None:
+            return se, "items (paired)"
+    if f"{column} stderr" in row_a.index and f"{column} stderr" in row_b.index:
+        sa, sb = row_a[f"{column} stderr"], row_b[f"{column} stderr"]
+        if pd.notna(sa) and pd.notna(sb):
+            return math.hypot(float(sa), float(sb)), "items (per-run stderr)"
+    return None, ""
+
+
 def compare_tables(
-    a: pd.DataFrame, b: pd.DataFrame, noise: dict[str, tuple[float, int]], k: float, table: str
+    a: pd.DataFrame,
+    b: pd.DataFrame,
+    noise: dict[str, tuple[float, int]],
+    k: float,
+    table: str,
+    results: tuple[pd.DataFrame | None, pd.DataFrame | None] = (None, None),
 ) -> list[dict]:
-    """One row per compared metric: largest |A - B| over matched rows, the tolerance and the verdict."""
-    keys = [c for c in a.columns if c in b.columns and (not pd.api.types.is_numeric_dtype(a[c]) or c in KEY_COLUMNS)]
+    """One row per compared metric: the largest |A - B| over matched rows, the tolerance at the row
+    that comes closest to it, the noise used and the verdict. ``results``: the two runs'
+    ``results.csv`` (per-item results), when there are any."""
+    keys = [
+        c
+        for c in a.columns
+        if c in b.columns
+        and c not in DERIVED_COLUMNS
+        and (not pd.api.types.is_numeric_dtype(a[c]) or c in KEY_COLUMNS)
+        and not pd.api.types.is_bool_dtype(a[c])
+    ]
     metrics = [
         c
         for c in a.columns
         if c in b.columns
         and c not in keys
+        and c not in DERIVED_COLUMNS
         and pd.api.types.is_numeric_dtype(a[c])
-        and not c.endswith(" sd")
+        and not pd.api.types.is_bool_dtype(a[c])
+        and not c.endswith((" sd", " stderr"))
         and not any(m in c for m in TIMING_MARKERS)
     ]
     merged = a.merge(b, on=keys, suffixes=(" A", " B")) if keys else pd.DataFrame()
+    rows_a = merged.rename(columns=lambda c: c[:-2] if c.endswith(" A") else c)
+    rows_b = merged.rename(columns=lambda c: c[:-2] if c.endswith(" B") else c)
     out = []
     for c in metrics:
         diff = (merged[f"{c} A"] - merged[f"{c} B"]).abs() if len(merged) else pd.Series(dtype=float)
-        worst = float(diff.max()) if diff.notna().any() else math.nan
-        tol = None
-        if c in noise and noise[c][0] > 0:
-            sd, n = noise[c]
-            per_row = n if table == NOISE_TABLE else 1  # Table 2's rows are means over n seeds
-            tol = k * sd * math.sqrt(2 / per_row)
-        verdict = "no noise estimate" if tol is None else ("within seed noise" if worst <= tol else "DIFFERS")
+        both_nan = merged[f"{c} A"].isna() & merged[f"{c} B"].isna() if len(merged) else diff
+        one_nan = bool((diff.isna() & ~both_nan).any()) if len(merged) else False
+        worst = float(diff.max()) if diff.notna().any() else (math.nan if one_nan or not len(merged) else 0.0)
+        tol, how, ratio = None, "", -1.0
+        if _is_exact(c):
+            how, tol = "exact", 0.0
+            verdict = IDENTICAL if worst == 0 and not one_nan else DIFFERS
+        else:
+            judged = True
+            for i in range(len(merged)):
+                d = diff.iloc[i]
+                if pd.isna(d):
+                    continue
+                se, source = _item_se(c, rows_a.iloc[i], rows_b.iloc[i], keys, results)
+                seed = 0.0
+                noise_key = c if c in noise else (BPB_NOISE if c.endswith("bpb") and BPB_NOISE in noise else None)
+                if noise_key is not None and noise[noise_key][0] > 0:
+                    sd, n = noise[noise_key]
+                    per_row = n if table == NOISE_TABLE else 1  # Table 2's rows are means over n seeds
+                    seed = sd * math.sqrt(2 / per_row)
+                    source = f"{source} + seeds" if source else "seeds"
+                if se is None and not seed:
+                    judged = False
+                    continue
+                row_tol = k * math.hypot(se or 0.0, seed)
+                r = d / row_tol if row_tol > 0 else (math.inf if d > 0 else 0.0)
+                if r > ratio:
+                    ratio, tol, how = r, row_tol, source
+            if one_nan:
+                verdict = DIFFERS
+            elif worst == 0 or (math.isnan(worst) and len(merged)):
+                verdict = IDENTICAL
+            elif not judged or tol is None:
+                verdict = UNJUDGED
+            else:
+                verdict = WITHIN if ratio <= 1 else DIFFERS
         out.append(
             {
                 "metric": c,
@@ -78,15 +198,25 @@ def compare_tables(
                 "of": max(len(a), len(b)),
                 "max |A-B|": worst,
                 "tolerance": tol,
+                "noise": how,
                 "verdict": verdict,
             }
         )
     return out
 
 
-def compare(a_root: Path, b_root: Path, k: float = 3.0) -> tuple[pd.DataFrame, bool]:
-    """The comparison of every shared experiment, and whether everything with a noise estimate agrees
-    (and every row matched)."""
+def _results(root: Path, name: str) -> pd.DataFrame | None:
+    path = root / name / "results.csv"
+    if not path.exists():
+        return None
+    frame = pd.read_csv(path, low_memory=False)
+    return frame if {"task", "metric", "items"} <= set(frame.columns) else None
+
+
+def compare(a_root: Path, b_root: Path, k: float = 3.0, allow_unjudged: bool = False) -> tuple[pd.DataFrame, bool]:
+    """The comparison of every shared experiment, and whether the runs agree: every row matched,
+    nothing beyond its noise, and (unless ``allow_unjudged``) no difference left unjudged for want of
+    a noise estimate."""
     noise = seed_noise(a_root) or seed_noise(b_root)
     rows = []
     shared = sorted(
@@ -94,9 +224,15 @@ def compare(a_root: Path, b_root: Path, k: float = 3.0) -> tuple[pd.DataFrame, b
     )
     for name in shared:
         a, b = pd.read_csv(a_root / name / "table.csv"), pd.read_csv(b_root / name / "table.csv")
-        rows += [{"experiment": name, **r} for r in compare_tables(a, b, noise, k, name)]
+        results = (_results(a_root, name), _results(b_root, name))
+        rows += [{"experiment": name, **r} for r in compare_tables(a, b, noise, k, name, results)]
     frame = pd.DataFrame(rows)
-    ok = bool(len(frame)) and not (frame["verdict"] == "DIFFERS").any() and (frame["rows"] == frame["of"]).all()
+    if frame.empty:
+        return frame, False
+    bad = frame["verdict"] == DIFFERS
+    if not allow_unjudged:
+        bad |= frame["verdict"] == UNJUDGED
+    ok = not bad.any() and bool((frame["rows"] == frame["of"]).all())
     return frame, ok
 
 
@@ -104,7 +240,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("a", type=Path, help="a results folder (holding <profile>/) or a profile folder")
     parser.add_argument("b", type=Path, help="the other one")
     parser.add_argument("--profile", default="tiny", help="profile folder to look for (default: tiny)")
-    parser.add_argument("--k", type=float, default=3.0, help="tolerance in standard deviations (default 3)")
+    parser.add_argument("--k", type=float, default=3.0, help="tolerance in standard errors (default 3)")
+    parser.add_argument(
+        "--allow-unjudged", action="store_true", help="accept differences in metrics that have no noise estimate"
+    )
     parser.add_argument("--out", type=Path, help="also write the comparison as markdown here")
 
 
@@ -114,12 +253,21 @@ def main(args: argparse.Namespace) -> int:
         if not p.is_dir():
             print(f"compare: {p} is not a folder; pass results/ or results/<profile>/.", file=sys.stderr)
             return 2
-    frame, ok = compare(a, b, args.k)
+    frame, ok = compare(a, b, args.k, allow_unjudged=args.allow_unjudged)
     if frame.empty:
         print(f"compare: {a} and {b} share no experiment with a table.csv.", file=sys.stderr)
         return 2
     text = frame.to_markdown(index=False, floatfmt=".4g")
-    verdict = "agree up to seed noise" if ok else "do NOT agree up to seed noise (or rows are missing)"
+    unjudged = frame[frame["verdict"] == UNJUDGED]
+    if ok:
+        verdict = "agree up to their noise"
+    elif (frame["verdict"] == DIFFERS).any() or not (frame["rows"] == frame["of"]).all():
+        verdict = "do NOT agree up to their noise (or rows are missing)"
+    else:
+        verdict = "cannot be shown to agree: some metrics differ and have no noise estimate"
+    if len(unjudged):
+        which = ", ".join(f"{e}: {m}" for e, m in zip(unjudged["experiment"], unjudged["metric"]))
+        verdict += f" ({len(unjudged)} metric(s) unjudged: {which}{'; accepted by --allow-unjudged' if ok else ''})"
     report = f"Comparing {a} (A) with {b} (B): the runs {verdict}.\n\n{text}\n"
     print(report)
     if args.out:
@@ -127,3 +275,6 @@ def main(args: argparse.Namespace) -> int:
 
         atomic_write_text(args.out, report)
     return 0 if ok else 1
+
+
+__all__ = ["compare", "compare_tables", "profile_dir", "seed_noise"]

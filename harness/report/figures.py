@@ -47,20 +47,73 @@ def plot_curves(frame: pd.DataFrame, stem: Path) -> list[Path]:
 
 
 def plot_recovery(frame: pd.DataFrame, stem: Path, metric: str = "acc") -> list[Path]:
-    """Accuracy (or ``metric``) against conversion budget, one line per method; the teacher dashed."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    rows = frame[frame.metric == metric]
-    for task, tg in rows.groupby("task"):
+    """Accuracy (or ``metric``) against conversion budget: one panel per task, one line per method
+    (error bars: the standard error over items), the teacher dashed. Tasks with no value (not
+    available offline) are left out."""
+    rows = frame[(frame.metric == metric) & frame["value"].notna()]
+    tasks = list(dict.fromkeys(rows["task"]))
+    cols = min(3, max(1, len(tasks)))
+    nrows = max(1, -(-len(tasks) // cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols, 3.5 * nrows), squeeze=False, constrained_layout=True)
+    for ax, task in zip(axes.flat, tasks):
+        tg = rows[rows.task == task]
         teacher = tg[tg.method == "softmax"]["value"].mean()
         for method, g in tg[tg.method != "softmax"].groupby("method"):
             curve = g.groupby("fraction")["value"].mean()
-            ax.plot(curve.index, curve.values, marker="o", label=f"{method} ({task})")
-        ax.axhline(teacher, ls="--", color="gray", label=f"teacher ({task})")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("conversion budget (fraction of the teacher's pretraining tokens)")
-    ax.set_ylabel(metric)
-    ax.set_title("Recovery against training cost")
-    ax.legend(fontsize=7)
+            err = g.groupby("fraction")["stderr"].mean() if "stderr" in g.columns else None
+            ax.errorbar(curve.index, curve.values, yerr=None if err is None else err.values, marker="o", label=method)
+        ax.axhline(teacher, ls="--", color="gray", label="teacher")
+        ax.set_xscale("log", base=2)
+        ax.set_title(task, fontsize=9)
+        ax.set_xlabel("conversion budget (fraction of teacher tokens)", fontsize=8)
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(tasks) :]:
+        ax.axis("off")
+    fig.suptitle("Recovery against training cost")
+    return save(fig, stem)
+
+
+def plot_recipe_recovery(frame: pd.DataFrame, stem: Path) -> list[Path]:
+    """Held-out bits per byte against the conversion budget, one panel per recipe: each method's
+    conversion (solid, mean over seeds, bars: min-max over seeds), the same architecture trained
+    from scratch on the same tokens (dashed, same colour), and the teacher (gray line)."""
+    recipes = list(dict.fromkeys(frame["recipe"]))
+    fig, axes = plt.subplots(1, len(recipes), figsize=(4.5 * len(recipes), 3.6), squeeze=False, sharey=True)
+    colours = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(frame["method"]))}
+    for ax, recipe in zip(axes.flat, recipes):
+        g = frame[frame.recipe == recipe]
+        for method, gm in g.groupby("method", sort=False):
+            by = gm.groupby("fraction")
+            conv = by["converted_bpb"].agg(["mean", "min", "max"]).dropna()
+            if len(conv):
+                err = [conv["mean"] - conv["min"], conv["max"] - conv["mean"]]
+                ax.errorbar(conv.index, conv["mean"], yerr=err, marker="o", color=colours[method], label=method)
+            scratch = by["scratch_bpb"].mean()
+            label = f"{method} scratch"
+            ax.plot(scratch.index, scratch.values, ls="--", marker="x", color=colours[method], label=label)
+        ax.axhline(frame["teacher_bpb"].mean(), color="gray", label="teacher")
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"recipe: {recipe}", fontsize=9)
+        ax.set_xlabel("budget (fraction of teacher tokens)", fontsize=8)
+        ax.legend(fontsize=6)
+    axes.flat[0].set_ylabel("held-out bits per byte (lower is better)")
+    fig.suptitle("Conversion against training from scratch on the same tokens")
+    return save(fig, stem)
+
+
+def plot_pareto(frame: pd.DataFrame, stem: Path, x: str, y: str = "bpb") -> list[Path]:
+    """Quality against decode speed, one point per configuration (``label``); points on the Pareto
+    front (no other point both faster and better) are joined and filled."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    front = frame[frame["on_front"]].sort_values(x)
+    ax.plot(front[x], front[y], color="gray", lw=1, zorder=1)
+    for _, r in frame.iterrows():
+        ax.scatter(r[x], r[y], marker="o" if r["on_front"] else "x", zorder=2)
+        ax.annotate(r["label"], (r[x], r[y]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel("held-out bits per byte (lower is better)")
+    ax.set_title("Hybrids: quality against decoding speed")
     return save(fig, stem)
 
 

@@ -33,6 +33,11 @@ ID_COLUMNS: dict[str, list[str]] = {
 #: are 38/104 and 66/104, i.e. SuperGLUE WSC's 104 validation examples (lm-eval ``wsc``), not
 #: ``wsc273``'s 273.
 TASK_NAMES: dict[str, str] = {"nq": "nq_open", "siqa": "social_iqa"}
+#: SuperGLUE WSC's validation set, which the paper's "wsc" column scores (lm-eval ``wsc``): its size,
+#: and the two scores (as counts) that answering every example with the same class gives
+#: (shared/paper/README.md: ".365/.635 are constant-class predictions on its 104 examples")
+WSC_EXAMPLES = 104
+WSC_CONSTANT_CLASS_COUNTS: frozenset[int] = frozenset({38, 66})
 
 
 def tidy_table(name: str, frame: pd.DataFrame) -> pd.DataFrame:

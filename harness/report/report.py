@@ -1,21 +1,49 @@
-"""``results/<profile>/REPORT.md``: each of our tables beside the paper's, and what agrees.
+"""``REPORT.md``: each of our tables beside the paper's, and what agrees — with the statistics to say so.
 
-Everything here is read from files a run wrote (``results/<profile>/<experiment>/``) and from the
-paper's transcribed numbers (``results/paper/``); nothing is typed by hand. Where our ranking of
-methods can be set against the paper's, Kendall's tau (``scipy.stats.kendalltau``) says how well
-they agree, and the report says so in words.
+Everything here is read from files a run wrote (``<results>/<profile>/<experiment>/``: ``table.csv``,
+``results.csv`` with per-item results, ``meta.json``) and from the paper's transcribed numbers
+(``results/paper/``); nothing is typed by hand.
+
+* Every accuracy is shown with its standard error over items (lm-eval's ``acc_stderr``) and the
+  number of items; tasks with no data offline are shown as such, not dropped.
+* ``avg`` is the mean over the benchmark tasks actually scored, with their number; the paper's
+  average is recomputed over the same tasks wherever the two are set side by side.
+* A difference between two models is judged by a paired test over the items both scored, combined
+  with the spread across seeds (:func:`harness.report.stats.paired_difference`); "best method" and
+  "converted minus teacher" lines carry that test's p-value.
+* Kendall's tau against the paper's ranking comes with its p-value and is worded by it
+  (:func:`harness.report.stats.describe_tau`).
+* The paper's own quirks (an average that is not the mean of its cells, WSC scores that are
+  constant-class predictions) and where our setup differs from it (splits, throughput) are stated.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
-from scipy.stats import kendalltau
 
 from harness.io import atomic_write_text
+from harness.lm_eval_tasks import OFFLINE_TASKS, UNAVAILABLE
+from harness.lm_eval_tasks.bundled import official_name
+from harness.report.paper_numbers import WSC_CONSTANT_CLASS_COUNTS, WSC_EXAMPLES
+from harness.report.stats import (
+    ALPHA,
+    Difference,
+    Items,
+    decode_items,
+    describe_tau,
+    format_p,
+    paired_difference,
+    ranking_agreement,
+    score,
+)
+from harness.report.tables import task_columns
 
 PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
 #: our method names -> the paper's row names (Table 2)
@@ -28,6 +56,8 @@ PAPER_ROWS: dict[str, str] = {
     "pff": "PFF",
     "dijiang": "DiJiang",
 }
+#: the method the paper reports as best (Table 2), against which every other one is tested
+PAPER_BEST = "dijiang"
 SECTIONS: tuple[str, ...] = (
     "table1_scale",
     "table2_methods",
@@ -37,8 +67,15 @@ SECTIONS: tuple[str, ...] = (
     "fig4_speed_memory",
     "kernel_ablation",
     "recovery_curve",
+    "recipes_controls",
+    "hybrid_pareto",
     "mqar",
 )
+#: "near-equal" in the paper's claim, as we test it: converted within this fraction of the teacher's bpb
+NEAR_EQUAL = 0.02
+BPB_COLUMN = "heldout_ppl bpb"
+#: a printed average further than this from the mean of its cells is reported
+AVG_TOLERANCE = 0.002
 
 
 def _read(path: Path) -> pd.DataFrame | None:
@@ -57,65 +94,174 @@ def paper_wide(paper_dir: Path, table: str, index: str = "model") -> pd.DataFram
     return tidy.pivot_table(index=index, columns="task", values="value", sort=False).reset_index()
 
 
-def ranking_agreement(ours: pd.Series, paper: pd.Series) -> dict[str, Any]:
-    """Kendall's tau between two scores over their common methods (higher = better in both)."""
-    common = [m for m in ours.index if m in paper.index and pd.notna(ours[m]) and pd.notna(paper[m])]
-    if len(common) < 3:
-        return {"n": len(common), "tau": None, "p": None, "common": common}
-    res = kendalltau([ours[m] for m in common], [paper[m] for m in common])
-    return {"n": len(common), "tau": float(res.statistic), "p": float(res.pvalue), "common": common}
+def paper_avg(paper: pd.DataFrame, tasks: list[str]) -> pd.Series:
+    """The paper's average recomputed over ``tasks`` (its column names), per model."""
+    cols = [t for t in tasks if t in paper.columns]
+    return paper.set_index("model")[cols].mean(axis=1) if cols else pd.Series(dtype=float)
 
 
-def describe_tau(agree: dict[str, Any], what: str) -> str:
-    if agree["tau"] is None:
-        return f"Too few methods in common ({agree['n']}) to compare rankings by {what}."
-    tau = agree["tau"]
-    verdict = (
-        "agrees with"
-        if tau >= 0.6
-        else "partly agrees with"
-        if tau >= 0.2
-        else "does not agree with"
-        if tau > -0.2
-        else "reverses"
-    )
-    return (
-        f"Ranking by {what}: Kendall's tau = {tau:.2f} (p = {agree['p']:.2f}, {agree['n']} methods) — our ranking "
-        f"{verdict} the paper's."
-    )
+# -- per-item results ---------------------------------------------------------------------------------
+class ItemResults:
+    """The per-item results of one experiment (``results.csv``'s ``items``): per model label, task
+    and metric, one :class:`Items` per seed."""
+
+    def __init__(self, frame: pd.DataFrame | None) -> None:
+        self.runs: dict[tuple[str, str, str], list[Items]] = {}
+        if frame is None or "items" not in frame.columns:
+            return
+        for row in frame.itertuples(index=False):
+            items = decode_items(getattr(row, "items", None))
+            if items is not None:
+                self.runs.setdefault((str(row.model), str(row.task), str(row.metric)), []).append(items)
+
+    def __bool__(self) -> bool:
+        return bool(self.runs)
+
+    def get(self, model: str, task: str, metric: str = "acc") -> list[Items]:
+        return self.runs.get((model, task, metric), [])
+
+    def seed_sd(self, model: str, task: str, metric: str = "acc") -> float | None:
+        runs = self.get(model, task, metric)
+        return float(np.std([score(r) for r in runs], ddof=1)) if len(runs) > 1 else None
+
+    def pooled_sd(self, models: list[str], task: str, metric: str = "acc") -> float | None:
+        """The median seed spread over the models that have several seeds."""
+        sds = [s for m in models if (s := self.seed_sd(m, task, metric)) is not None]
+        return float(np.median(sds)) if sds else None
+
+    def difference(self, a: str, b: str, task: str, metric: str, models: list[str]) -> Difference | None:
+        """``a - b`` on one task (see :func:`harness.report.stats.paired_difference`)."""
+        return paired_difference(
+            self.get(a, task, metric),
+            self.get(b, task, metric),
+            (self.seed_sd(a, task, metric), self.seed_sd(b, task, metric)),
+            self.pooled_sd(models, task, metric),
+        )
+
+    def avg_difference(self, a: str, b: str, tasks: list[str], models: list[str]) -> Difference | None:
+        """``a - b`` on the mean accuracy over ``tasks``: item errors add over tasks (independent item
+        samples); the seed part is the spread of each model's per-seed average (seeds move all tasks
+        together, so it is not summed task by task)."""
+        parts = [self.difference(a, b, t, "acc", models) for t in tasks]
+        if not tasks or any(p is None for p in parts):
+            return None
+        k = len(parts)
+        diff = sum(p.diff for p in parts) / k  # type: ignore[union-attr]
+        se_items = math.sqrt(sum(p.se_items**2 for p in parts)) / k  # type: ignore[union-attr]
+
+        def avg_sd(model: str) -> float | None:
+            runs = [self.get(model, t) for t in tasks]
+            if len({len(r) for r in runs}) != 1 or len(runs[0]) < 2:
+                return None
+            return float(np.std([np.mean([score(r[s]) for r in runs]) for s in range(len(runs[0]))], ddof=1))
+
+        sds = [s for m in models if (s := avg_sd(m)) is not None]
+        pooled = float(np.median(sds)) if sds else None
+        seed_var, how = 0.0, "measured"
+        seeds = (len(self.get(a, tasks[0])), len(self.get(b, tasks[0])))
+        for model, n in zip((a, b), seeds):
+            sd = avg_sd(model)
+            if sd is None:
+                sd, how = pooled, ("assumed" if pooled is not None else "none")
+            seed_var += (sd or 0.0) ** 2 / n
+        return Difference(diff, se_items, math.sqrt(seed_var), sum(p.n_items for p in parts), seeds, how)  # type: ignore[union-attr]
 
 
-def table2_section(out: Path, paper_dir: Path) -> list[str]:
-    table = _read(out / "table.csv")
+def _judged(d: Difference) -> str:
+    """``+0.031 ± 0.053 (p = 0.55, not significant)``."""
+    return f"{d.diff:+.3f} ± {d.se:.3f} ({format_p(d.p)}, {'significant' if d.significant else 'not significant'})"
+
+
+def _how(d: Difference) -> str:
+    """How a difference was tested, in words."""
+    base = f"paired over {d.n_items} shared items"
+    if d.seed_spread == "assumed":
+        return f"{base}, with the seed spread (a one-seed model taking the others' median)"
+    if d.seed_spread == "none":
+        return f"{base}; one seed each, so no seed spread is included"
+    return f"{base}, with the seed spread"
+
+
+# -- formatting ---------------------------------------------------------------------------------------
+def _cell(value: Any, se: Any = None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if se is None or (isinstance(se, float) and math.isnan(se)):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} ± {se:.{digits}f}"
+
+
+def ours_markdown(table: pd.DataFrame, keys: list[str], extra: list[str] = ()) -> str:
+    """Our wide table for the report: accuracies as ``value ± stderr`` (item count in the header),
+    ``avg ± stderr`` over the tasks scored (their number in the header), bits per byte (with its
+    seed spread where there is one), tasks without data marked "not available offline"."""
+    tasks = task_columns(table)
+    out = table[[k for k in keys if k in table.columns]].copy()
+    for task in tasks:
+        n = pd.to_numeric(table[f"{task} n"], errors="coerce")
+        header = f"{task} (n={int(n.max())})" if n.max() > 0 else task
+        out[header] = [
+            UNAVAILABLE if not (c > 0) else _cell(v, se)
+            for v, se, c in zip(table[task], table[f"{task} stderr"], n)
+        ]
+    if "avg" in table.columns:
+        k = pd.to_numeric(table.get("avg tasks"), errors="coerce").max()
+        out[f"avg ({int(k)} tasks)" if k == k else "avg"] = [
+            _cell(v, se) for v, se in zip(table["avg"], table.get("avg stderr", [None] * len(table)))
+        ]
+    for col in [c for c in table.columns if c.endswith(" bpb")]:
+        sd = table.get(f"{col} sd")
+        out[f"{col}"] = [
+            _cell(v) + (f" (sd {s:.3f})" if s is not None and s == s else "")
+            for v, s in zip(table[col], sd if sd is not None else [None] * len(table))
+        ]
+    for col in extra:
+        if col in table.columns:
+            out[col] = table[col]
+    return _md(out)
+
+
+def _paper_markdown(paper: pd.DataFrame, tasks: list[str]) -> str:
+    shown = paper.copy()
+    if tasks:
+        shown[f"avg over our {len(tasks)} tasks"] = paper_avg(paper, tasks).to_numpy()
+    return _md(shown)
+
+
+# -- the paper's quirks -------------------------------------------------------------------------------
+def paper_quirks(paper: pd.DataFrame, name: str) -> list[str]:
+    """What in the paper's table does not add up: printed averages that are not the mean of their
+    cells, and WSC scores that a constant answer gives (whole multiples of 1/104 that equal a class
+    share of SuperGLUE WSC's validation set)."""
     lines = []
-    if table is None:
-        return ["(not run)"]
-    lines += ["**Ours** (mean over seeds; `sd` = standard deviation):", "", _md(table), ""]
-    paper = paper_wide(paper_dir, "table2_methods")
-    if paper is not None:
-        lines += ["**Paper** (Table 2, converted from Pythia-410M):", "", _md(paper), ""]
-        paper_avg = paper.set_index("model")["avg"]
-        paper_scores = pd.Series({m: paper_avg.get(row) for m, row in PAPER_ROWS.items() if m != "softmax"})
-        t = table.set_index("method")
-        for col, sign, what in (
-            ("next_line", 1, "next-line accuracy"),
-            ("heldout_ppl bpb", -1, "held-out bits per byte"),
-        ):
-            if col in t.columns:
-                agree = ranking_agreement(sign * t[col], paper_scores)
-                lines.append(f"- {describe_tau(agree, what)} (paper: average accuracy)")
-        if "avg" in t.columns and t["avg"].notna().any():
-            agree = ranking_agreement(t["avg"], paper_scores)
-            lines.append(f"- {describe_tau(agree, 'average accuracy')}")
-        for col, what, pick in (
-            ("next_line", "next-line accuracy", "idxmax"),
-            ("heldout_ppl bpb", "bits per byte", "idxmin"),
-        ):
-            best = _best_by(t, col, pick)
-            if best is not None:
-                noise = _noise(t, col, pick)
-                lines.append(f"- Best converted method by {what}: **{best}**; the paper's best: **DiJiang**.{noise}")
+    cells = [c for c in paper.columns if c not in ("model", "avg")]
+    if "avg" in paper.columns and cells:
+        for model, printed, mean in zip(paper["model"], paper["avg"], paper[cells].mean(axis=1)):
+            if abs(printed - mean) > AVG_TOLERANCE:
+                lines.append(
+                    f"- The paper's {name}: {model}'s printed average is {printed:.3f}; the mean of its {len(cells)} "
+                    f"cells is {mean:.3f}."
+                )
+    if "wsc" in paper.columns:
+        counts = {m: v * WSC_EXAMPLES for m, v in zip(paper["model"], paper["wsc"])}
+        constant = [
+            f"{m} {c / WSC_EXAMPLES:.3f} (= {round(c)}/{WSC_EXAMPLES})"
+            for m, c in counts.items()
+            if round(c) in WSC_CONSTANT_CLASS_COUNTS and abs(c - round(c)) < 0.2
+        ]
+        if constant:
+            lines.append(
+                f"- The paper's {name}: WSC scores {', '.join(constant)} are what answering every one of SuperGLUE "
+                f"WSC's {WSC_EXAMPLES} validation examples with the same class gives (class counts "
+                f"{' and '.join(map(str, sorted(WSC_CONSTANT_CLASS_COUNTS)))}): constant-class predictions, not "
+                "evidence of skill."
+            )
     return lines
+
+
+# -- table 2 ------------------------------------------------------------------------------------------
+def _methods(table: pd.DataFrame) -> list[str]:
+    return [str(m) for m in table["method"]] if "method" in table.columns else [str(m) for m in table["model"]]
 
 
 def _converted(t: pd.DataFrame) -> pd.DataFrame:
@@ -125,55 +271,238 @@ def _converted(t: pd.DataFrame) -> pd.DataFrame:
     return t.loc[[m for m in t.index if m != "softmax" and m in list_methods() and get_method(m).convertible]]
 
 
-def _best_by(t: pd.DataFrame, col: str, pick: str) -> str | None:
+def _benchmark_tasks(table: pd.DataFrame) -> list[str]:
+    """Our benchmark task columns with scores (not the suite's own tasks, not unavailable ones)."""
+    return [
+        t
+        for t in task_columns(table)
+        if t not in OFFLINE_TASKS and (pd.to_numeric(table[f"{t} n"], errors="coerce") > 0).any()
+    ]
+
+
+def _best_line(
+    t: pd.DataFrame,
+    items: ItemResults,
+    col: str,
+    what: str,
+    higher: bool,
+    diff: Callable[[str, str], Difference | None],
+) -> str | None:
     conv = _converted(t)
     if col not in conv.columns or not conv[col].notna().any():
         return None
-    return str(getattr(conv[col], pick)())
+    ordered = conv[col].dropna().sort_values(ascending=not higher)
+    best = str(ordered.index[0])
+    line = f"- Best converted method by {what}: **{best}** ({ordered.iloc[0]:.3f}); the paper's best: **DiJiang**."
+    if len(ordered) < 2:
+        return line
+    second = str(ordered.index[1])
+    d = diff(best, second) if items else None
+    if d is None:
+        return line + f" No per-item results to test its lead over {second}: no verdict on the ranking."
+    sign = 1 if higher else -1
+    verdict = (
+        f"a significant lead (p <= {ALPHA})"
+        if d.significant and sign * d.diff > 0
+        else f"not a significant lead (p > {ALPHA}): no ranking between the two"
+    )
+    return line + f" {best} − {second} (the runner-up) = {d.text()} ({_how(d)}): {verdict}."
 
 
-def _noise(t: pd.DataFrame, col: str, pick: str) -> str:
-    """Whether the converted methods' means differ by more than their seed noise (3 x the median
-    per-seed sd x sqrt(2 / seeds), as in :mod:`harness.report.compare`); a ranking inside the noise is
-    no ranking."""
-    conv = _converted(t)
-    if f"{col} sd" not in conv.columns or "seeds" not in conv.columns or not conv[f"{col} sd"].notna().any():
-        return ""
-    noise = 3 * float(conv[f"{col} sd"].median()) * (2 / max(1.0, float(conv["seeds"].median()))) ** 0.5
-    ordered = conv[col].sort_values(ascending=pick == "idxmax")  # best last
-    gap = float(abs(ordered.iloc[-1] - ordered.iloc[-2])) if len(ordered) > 1 else float("nan")
-    spread = float(abs(ordered.iloc[-1] - ordered.iloc[0]))
-    if spread <= noise:
-        return (
-            f" All converted methods lie within {spread:.3g} of each other, inside the seed noise ({noise:.3g}): "
-            "no ranking."
-        )
-    if gap <= noise:
-        return f" Its lead over the next method ({gap:.3g}) is inside the seed noise ({noise:.3g})."
-    return ""
+def _paired_table(
+    t: pd.DataFrame, items: ItemResults, pairs: list[tuple[str, str, str]], tasks: list[str], models: list[str]
+) -> pd.DataFrame:
+    """Rows ``label``: ``a - b`` per task, on the average, and on bits per byte, as ``diff ± se (p)``."""
+    rows = []
+    for label, a, b in pairs:
+        row: dict[str, Any] = {"difference": label}
+        for task in tasks:
+            d = items.difference(a, b, task, "acc", models)
+            row[task] = d.text() if d else ""
+        if len(tasks) > 1:
+            d = items.avg_difference(a, b, tasks, models)
+            row[f"avg ({len(tasks)} tasks)"] = d.text() if d else ""
+        d = items.difference(a, b, "heldout_ppl", "bits_per_byte", models)
+        if d is not None:
+            row["heldout_ppl bpb"] = d.text()
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
-def scale_section(out: Path, paper_dir: Path, paper_table: str) -> list[str]:
+def table2_section(out: Path, paper_dir: Path) -> list[str]:
+    """Table 2: every method converted from one teacher, against the paper's Table 2."""
     table = _read(out / "table.csv")
     if table is None:
         return ["(not run)"]
-    lines = ["**Ours:**", "", _md(table), ""]
-    paper = paper_wide(paper_dir, paper_table)
+    items = ItemResults(_read(out / "results.csv"))
+    tasks = _benchmark_tasks(table)
+    models = [str(m) for m in table["model"]]
+    lines = [
+        "**Ours** (mean over seeds; ± = standard error over the task's items, lm-eval's `acc_stderr`; n = items; "
+        "bits per byte with the spread across seeds):",
+        "",
+        ours_markdown(table, ["method"], ["seeds"]),
+        "",
+    ]
+    paper = paper_wide(paper_dir, "table2_methods")
+    official = [official_name(t) for t in tasks]
     if paper is not None:
-        lines += [f"**Paper** ({paper_table.replace('_', ' ')}):", "", _md(paper), ""]
-    if "avg" in table.columns or "next_line" in table.columns:
-        col = "avg" if "avg" in table.columns and table["avg"].notna().any() else "next_line"
-        gaps = []
-        for teacher, g in table.groupby("teacher", sort=False):
-            base = g[g.method == "softmax"][col]
-            conv = g[g.method != "softmax"][col]
-            if len(base) and len(conv):
-                gaps.append(f"{teacher}: {conv.iloc[0] - base.iloc[0]:+.3f}")
-        if gaps:
-            lines.append(f"- Converted minus teacher ({col}): " + ", ".join(gaps) + ".")
+        lines += ["**Paper** (Table 2, converted from Pythia-410M):", "", _paper_markdown(paper, official), ""]
+    t = table.set_index("method")
+    label = dict(zip(table["method"], table["model"]))
+    best_model = label.get(PAPER_BEST)
+    if items and best_model is not None:
+        others = [m for m in _methods(table) if m != PAPER_BEST]
+        pairs = [(f"{m} − {PAPER_BEST}", str(label[m]), str(best_model)) for m in others]
+        diffs = _paired_table(t, items, pairs, tasks, models)
+        lines += [
+            f"**Each method against {PAPER_BEST}** (the paper's best), paired over the shared items with the seed "
+            f"spread added: difference ± standard error (two-sided p; significant at p <= {ALPHA}):",
+            "",
+            _md(diffs),
+            "",
+        ]
+    if paper is not None:
+        scores = paper_avg(paper, official) if official else paper.set_index("model")["avg"]
+        basis = f"its average over the same {len(official)} tasks" if official else "its printed average"
+        paper_scores = pd.Series({m: scores.get(row) for m, row in PAPER_ROWS.items() if m != "softmax"})
+        for col, sign, what in (
+            ("avg", 1, f"mean accuracy over {len(tasks)} tasks"),
+            ("next_line", 1, "next-line accuracy"),
+            (BPB_COLUMN, -1, "held-out bits per byte"),
+        ):
+            if col == "avg" and not tasks:  # no benchmark task scored (an older table's avg is next_line's)
+                continue
+            if col in t.columns and t[col].notna().any():
+                agree = ranking_agreement(sign * t[col], paper_scores)
+                lines.append(f"- {describe_tau(agree, what).rstrip('.')} (paper: {basis}).")
+    for col, what, higher, metric in (
+        ("avg", f"mean accuracy over {len(tasks)} tasks", True, None),
+        ("next_line", "next-line accuracy", True, ("next_line", "acc")),
+        (BPB_COLUMN, "bits per byte", False, ("heldout_ppl", "bits_per_byte")),
+    ):
+
+        def diff(a: str, b: str, metric: tuple[str, str] | None = metric) -> Difference | None:
+            la, lb = str(label.get(a, a)), str(label.get(b, b))
+            if metric is None:
+                return items.avg_difference(la, lb, tasks, models)
+            return items.difference(la, lb, metric[0], metric[1], models)
+
+        line = None if col == "avg" and not tasks else _best_line(t, items, col, what, higher, diff)
+        if line:
+            lines.append(line)
+    if paper is not None:
+        lines += paper_quirks(paper, "Table 2")
     return lines
 
 
+# -- tables 1 and 3 -----------------------------------------------------------------------------------
+def throughput_lines(table: pd.DataFrame, paper_dir: Path, paper_table: str) -> list[str]:
+    """Converted against teacher inference throughput, ours beside the paper's (Table 1)."""
+    if "tokens_per_s" not in table.columns:
+        return []
+    ratios = {}
+    for teacher, g in table.groupby("teacher", sort=False):
+        base, conv = g[g["method"] == "softmax"], g[g["method"] != "softmax"]
+        if len(base) and len(conv):
+            ratios[str(teacher)] = float(conv["tokens_per_s"].iloc[0] / base["tokens_per_s"].iloc[0])
+    if not ratios:
+        return []
+    slower = [f"{t} ({r:.2f}x)" for t, r in ratios.items() if r < 1]
+    faster = [f"{t} ({r:.2f}x)" for t, r in ratios.items() if r >= 1]
+    ours = []
+    if slower:
+        ours.append(f"slower than its teacher for {', '.join(slower)}")
+    if faster:
+        ours.append(f"as fast or faster for {', '.join(faster)}")
+    tidy = _read(paper_dir / f"{paper_table}.csv")
+    claim = ""
+    if tidy is not None and "infer_tokens_per_s" in tidy.columns:
+        rows = tidy.drop_duplicates("model").set_index("model")
+        paper_ratios = []
+        for model, tps in rows["infer_tokens_per_s"].dropna().items():
+            if str(model).startswith("DiJiang-"):
+                size = str(model).split("-", 1)[1]
+                teacher = next((m for m in rows.index if str(m).endswith(f"-{size}") and m != model), None)
+                if teacher is not None and pd.notna(rows.loc[teacher, "infer_tokens_per_s"]):
+                    paper_ratios.append((str(model), tps / rows.loc[teacher, "infer_tokens_per_s"]))
+        if paper_ratios:
+            lo, hi = min(r for _, r in paper_ratios), max(r for _, r in paper_ratios)
+            claim = (
+                f"The paper's Table 1 has DiJiang's inference throughput at {lo:.2f}x-{hi:.2f}x its teacher's for "
+                f"all {len(paper_ratios)} sizes it lists (2048 tokens, hardware not stated). "
+            )
+    verdict = "This disagrees with the paper" if slower and claim else "This agrees with the paper" if claim else ""
+    text = f"- Throughput: {claim}Here (decoding, `tokens_per_s`), DiJiang is {'; '.join(ours)}."
+    if verdict:
+        text += f" {verdict}{' for ' + ', '.join(t for t, r in ratios.items() if r < 1) if slower else ''}."
+    return [text]
+
+
+def scale_section(out: Path, paper_dir: Path, paper_table: str) -> list[str]:
+    """Tables 1 and 3: teachers and their DiJiang conversions, against the paper's."""
+    table = _read(out / "table.csv")
+    if table is None:
+        return ["(not run)"]
+    items = ItemResults(_read(out / "results.csv"))
+    tasks = _benchmark_tasks(table)
+    official = [official_name(t) for t in tasks]
+    keys = ["model", "method", "teacher", "params", "train_tokens", "tokens_per_s"]
+    lines = [
+        "**Ours** (± = standard error over the task's items, lm-eval's `acc_stderr`; n = items; `params`: each "
+        "model's own parameters; `tokens_per_s`: decoding throughput):",
+        "",
+        ours_markdown(table, [k for k in keys if k in table.columns]),
+        "",
+    ]
+    paper = paper_wide(paper_dir, paper_table)
+    if paper is not None:
+        lines += [f"**Paper** ({paper_table.replace('_', ' ')}):", "", _paper_markdown(paper, official), ""]
+    models = [str(m) for m in table["model"]]
+    gaps = []
+    for teacher, g in table.groupby("teacher", sort=False):
+        base, conv = g[g["method"] == "softmax"], g[g["method"] != "softmax"]
+        if not (len(base) and len(conv)):
+            continue
+        a, b = str(conv["model"].iloc[0]), str(base["model"].iloc[0])
+        parts = []
+        how = ""
+        if tasks and items:
+            d = items.avg_difference(a, b, tasks, models)
+            if d is not None:
+                parts.append(f"mean accuracy over {len(tasks)} tasks {_judged(d)}")
+                how = _how(d)
+        elif tasks and "avg" in conv.columns:
+            parts.append(f"mean accuracy {conv['avg'].iloc[0] - base['avg'].iloc[0]:+.3f} (no per-item results)")
+        d = items.difference(a, b, "heldout_ppl", "bits_per_byte", models) if items else None
+        if d is not None:
+            parts.append(f"bits per byte {_judged(d)}")
+        if parts:
+            gaps.append(f"{teacher}: " + ", ".join(parts))
+    if gaps:
+        lines.append(f"- Converted minus teacher ({how or 'per model'}): " + "; ".join(gaps) + ".")
+    if paper is not None and official:
+        avg = paper_avg(paper, official)
+        pairs = [
+            f"{m} {avg[m] - avg[t]:+.3f}"
+            for m in avg.index
+            if str(m).startswith("DiJiang-")
+            for t in avg.index
+            if t != m and str(t).split("-", 1)[-1] == str(m).split("-", 1)[-1]
+        ]
+        if pairs:
+            lines.append(
+                f"- The paper's converted minus teacher, averaged over the same {len(official)} tasks: "
+                + ", ".join(pairs)
+                + "."
+            )
+    lines += throughput_lines(table, paper_dir, paper_table)
+    if paper is not None:
+        lines += paper_quirks(paper, paper_table.replace("_", " "))
+    return lines
+
+
+# -- other sections -----------------------------------------------------------------------------------
 def speed_section(out: Path, paper_dir: Path) -> list[str]:
     """Fig. 4: decoding and prefill throughput per method against L, with the speedups over softmax
     that the benchmark's own analysis (:func:`harness.bench.analysis.analyse`) computes, beside the
@@ -263,6 +592,68 @@ def kernel_section(out: Path) -> list[str]:
     return lines
 
 
+def recovery_section(out: Path) -> list[str]:
+    """The recovery curve's table with standard errors."""
+    table = _read(out / "table.csv")
+    if table is None:
+        return ["(not run)"]
+    keys = [c for c in ("method", "fraction", "seed") if c in table.columns]
+    return [ours_markdown(table, keys), ""]
+
+
+def controls_section(out: Path) -> list[str]:
+    """Recipes against their controls, and a verdict written from the numbers: does conversion beat
+    training from scratch, which recipe recovers the most, and is "near-equal at 1/16" reproduced."""
+    table = _read(out / "table.csv")
+    if table is None:
+        return ["(not run)"]
+    lines = [_md(table), ""]
+    ok = table[table["converted_bpb"].notna()]
+    for (method, fraction), g in ok.groupby(["method", "fraction"], sort=False):
+        best = g.loc[g["recovery"].idxmax()]
+        beats = ", ".join(
+            f"{r['recipe']} {'beats' if r['converted_bpb'] < r['scratch_bpb'] else 'does not beat'} scratch "
+            f"({r['converted_bpb']:.3f} vs {r['scratch_bpb']:.3f} bpb; "
+            f"recovery {_cell(r['recovery'], r.get('recovery sd'), 2)})"
+            for _, r in g.iterrows()
+        )
+        gap = best.converted_bpb / best.teacher_bpb - 1
+        verdict = "reproduced" if gap <= NEAR_EQUAL else "not reproduced"
+        lines.append(
+            f"- **{method} at {fraction:g} of the teacher's tokens**: {beats}. Most recovered: {best.recipe}. "
+            f"Best converted model {best.converted_bpb:.3f} bpb against the teacher's {best.teacher_bpb:.3f} "
+            f"({gap:+.1%}); \"near-equal\" (within {NEAR_EQUAL:.0%}) is **{verdict}**."
+        )
+    skipped = table[table["converted_bpb"].isna()]
+    for r in skipped.itertuples():
+        lines.append(f"- {r.method} / {r.recipe}: not applicable (no parameters of its own to transfer).")
+    if "seeds" in table.columns and (table["seeds"] < 2).any():
+        lines.append("- Rows with one seed carry no uncertainty on the recovery score (± is the spread over seeds).")
+    return lines + [""]
+
+
+def hybrid_section(out: Path) -> list[str]:
+    """The hybrid configurations and which of them are on the quality-speed Pareto front."""
+    table = _read(out / "table.csv")
+    if table is None:
+        return ["(not run)"]
+    lines = [_md(table), ""]
+    teacher = table[table["label"] == "teacher"]
+    front = table[table["on_front"]]
+    lines.append(f"- On the Pareto front: {', '.join(front['label'])}.")
+    speed = [c for c in table.columns if c.startswith("decode_tokens_per_s_")]
+    if len(teacher) and speed:
+        t = teacher.iloc[0]
+        for r in table[table["label"] != "teacher"].itertuples():
+            d = r._asdict()
+            lines.append(
+                f"- {r.label}: {r.bpb - t.bpb:+.3f} bpb against the teacher; decode "
+                + ", ".join(f"{d[c] / t[c]:.2f}x at {c.rsplit('_', 1)[1]}" for c in speed)
+                + " the teacher's speed."
+            )
+    return lines + [""]
+
+
 def generic_section(out: Path) -> list[str]:
     table = _read(out / "table.csv")
     if table is None:
@@ -272,27 +663,106 @@ def generic_section(out: Path) -> list[str]:
     return [_md(table), ""] if table is not None else ["(not run)"]
 
 
+# -- the report ---------------------------------------------------------------------------------------
+def _eval_notes(root: Path, names: list[str]) -> list[str]:
+    """What the evaluation scored: items per task, documents skipped for the window, split notes —
+    from the experiments' results.csv (the same for every model of a profile)."""
+    frames = [f for n in names if (f := _read(root / n / "results.csv")) is not None and "task" in f.columns]
+    if not frames:
+        return []
+    rows = pd.concat(frames, ignore_index=True)
+    rows = rows[(rows["metric"] == "acc") & ~rows["task"].isin(OFFLINE_TASKS)]
+    lines = []
+    if len(rows) and "docs" in rows.columns:
+        parts = []
+        for task, g in rows.groupby("task", sort=False):
+            r = g.iloc[0]
+            if str(task).startswith("mmlu_") and task != "mmlu_local":
+                continue
+            if r.get("status") == UNAVAILABLE:
+                parts.append(f"{task}: {UNAVAILABLE}")
+            elif pd.notna(r.get("docs")):
+                parts.append(
+                    f"{task}: {int(r['n'])} of {int(r['docs'])} ({r.get('split', '?')}; "
+                    f"{int(r['skipped'])} of {int(r['examined'])} examined skipped as too long for the window, "
+                    f"{int(r['truncated'])} scored with a context cut)"
+                )
+        if parts:
+            lines.append("- Items per task (the same for every model): " + "; ".join(parts) + ".")
+    for col in ("docs_per_task", "max_length", "split_notes"):
+        if col in rows.columns and rows[col].notna().any():
+            value = rows[col].dropna().iloc[0]
+            if col == "docs_per_task":
+                lines.append(
+                    f"- Each benchmark task is scored on a fixed subsample of {int(value)} documents (seed "
+                    f"{int(rows['docs_seed'].dropna().iloc[0]) if 'docs_seed' in rows.columns else 0}, the same "
+                    "items for every model; see `harness/evaluate.py`), not its whole split."
+                )
+            elif col == "max_length":
+                lines.append(
+                    f"- Window: {int(value)} tokens (the training block); a document is scored when each answer fits "
+                    "half of it, its context cut from the left when longer."
+                )
+            elif value:
+                lines.append(f"- Where our data differs from the paper's: {str(value).replace(' | ', '; ')}.")
+    return lines
+
+
+def _provenance(metas: dict[str, dict[str, Any]]) -> list[str]:
+    rows = []
+    for name, meta in metas.items():
+        env = meta.get("environment", {})
+        rows.append(
+            {
+                "experiment": name,
+                "commit": env.get("git_commit", "unknown"),
+                "code fingerprint": meta.get("code_fingerprint", ""),
+                "date": env.get("date", ""),
+                "wall time (s)": meta.get("wall_time_s"),
+            }
+        )
+    frame = pd.DataFrame(rows)
+    frame = frame.loc[:, [c for c in frame.columns if frame[c].astype(str).str.len().gt(0).any()]]
+    return [
+        "Each experiment's own commit (`+dirty`: uncommitted source changes when it ran) and code fingerprint:",
+        "",
+        _md(frame),
+        "",
+    ]
+
+
 def write_report(profile: str, results_dir: Path) -> Path:
+    """Write ``<results_dir>/<profile>/REPORT.md`` from the experiments found there."""
     root = results_dir / profile
     paper_dir = PAPER_DIR
     metas = {p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob("*/meta.json"))}
-    env = next(iter(metas.values()), {}).get("environment", {})
+    first = next(iter(metas.values()), {})
+    env = {k: v for k, v in first.get("environment", {}).items() if k not in ("git_commit", "date")}
     lines = [
         f"# Reproduction report — profile `{profile}`",
         "",
-        "Every number below was produced by `./reproduce.sh --profile " + profile + "` on the machine described here; "
-        "the paper's numbers come from `results/paper/` (transcribed from the paper). Where our results "
-        "disagree with the paper, the report says so.",
+        "**Primary metric at this scale: bits per byte** of held-out text (`heldout_ppl bpb`, lower is better). "
+        "The models here are byte-level and small; on the paper's multiple-choice tasks they score near chance, "
+        "so every accuracy below carries its standard error, and a difference between two models counts only "
+        "where a paired test over the items both scored (with the spread across seeds) says so.",
+        "",
+        f"Every number below was produced by `./reproduce.sh --profile {profile}`; the paper's numbers come from "
+        "`results/paper/` (transcribed from the paper). Where our results disagree with the paper, the report says "
+        "so.",
         "",
         "| | |",
         "|---|---|",
         *[f"| {k} | {v} |" for k, v in env.items()],
         "",
-        f"Wall time, summed over the experiments' last invocations: {sum(m['wall_time_s'] for m in metas.values()):.0f}"
-        " s "
-        "(a fresh run's total; less where an invocation reused earlier runs).",
-        "",
     ]
+    if metas:
+        lines += _provenance(metas)
+        total = sum(m.get("wall_time_s", 0) for m in metas.values())
+        lines += [
+            f"Wall time, summed over the experiments' last invocations: {total:.0f} s (a fresh run's total; less "
+            "where an invocation reused earlier runs).",
+            "",
+        ]
     from harness.pipeline.spec import experiment_names
 
     missing = [n for n in experiment_names() if n not in metas]
@@ -302,6 +772,10 @@ def write_report(profile: str, results_dir: Path) -> Path:
             f"(`./reproduce.sh --profile {profile} --only {' '.join(missing)}`).",
             "",
         ]
+    evaluated = [n for n in ("table1_scale", "table2_methods", "table3_7b", "recovery_curve") if n in metas]
+    notes = _eval_notes(root, evaluated)
+    if notes:
+        lines += ["## How the benchmark tasks were scored", "", *notes, ""]
     for name in SECTIONS:
         if name not in metas:
             continue
@@ -309,14 +783,18 @@ def write_report(profile: str, results_dir: Path) -> Path:
         lines += [f"## {name} — {meta['paper_ref']}", "", meta["description"], ""]
         if name == "table2_methods":
             lines += table2_section(out, paper_dir)
-        elif name == "table1_scale":
-            lines += scale_section(out, paper_dir, "table1_scale")
-        elif name == "table3_7b":
-            lines += scale_section(out, paper_dir, "table3_7b")
+        elif name in ("table1_scale", "table3_7b"):
+            lines += scale_section(out, paper_dir, name)
         elif name == "fig4_speed_memory":
             lines += speed_section(out, paper_dir)
         elif name == "kernel_ablation":
             lines += kernel_section(out)
+        elif name == "recovery_curve":
+            lines += recovery_section(out)
+        elif name == "recipes_controls":
+            lines += controls_section(out)
+        elif name == "hybrid_pareto":
+            lines += hybrid_section(out)
         else:
             lines += generic_section(out)
         for note in meta.get("notes", []):
@@ -324,12 +802,28 @@ def write_report(profile: str, results_dir: Path) -> Path:
         for fig in meta.get("figures", []):
             if fig.endswith(".png"):
                 lines += ["", f"![{name}]({name}/{fig})"]
+        commit = meta.get("environment", {}).get("git_commit", "unknown")
         lines += [
             "",
-            f"_Wall time of the invocation that wrote these results: {meta['wall_time_s']:.0f} s (training runs "
-            "it reused from earlier invocations are not counted)._",
+            f"_Commit {commit}. Wall time of the invocation that wrote these results: {meta['wall_time_s']:.0f} s "
+            "(training runs it reused from earlier invocations are not counted)._",
             "",
         ]
     path = root / "REPORT.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+__all__ = [
+    "ItemResults",
+    "describe_tau",
+    "format_p",
+    "paper_avg",
+    "paper_quirks",
+    "paper_wide",
+    "ranking_agreement",
+    "scale_section",
+    "table2_section",
+    "throughput_lines",
+    "write_report",
+]

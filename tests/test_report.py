@@ -1,0 +1,151 @@
+"""The report's statistics and verdicts, on synthetic results whose answers are known.
+
+The synthetic Table 2 is built the way the pipeline builds it (tidy rows with per-item results ->
+:func:`harness.report.tables.wide_table` -> :func:`~harness.report.tables.seed_table`), so the
+report reads what a run would have written.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.report.report import PAPER_DIR, paper_quirks, paper_wide, scale_section, table2_section
+from harness.report.stats import Items, describe_tau, encode_items, paired_difference, ranking_agreement
+from harness.report.tables import seed_table, wide_table
+
+N_ITEMS = 400
+TASKS = ("piqa_local", "arc_easy_local")
+
+
+# -- statistics ---------------------------------------------------------------------------------------
+def test_paired_difference_on_known_items():
+    """60 of 400 items differ, all in A's favour: diff 0.15, item standard error about
+    sd(d)/sqrt(n) = sqrt(0.15 * 0.85 / 400); the seed spread adds sd^2/k per model."""
+    a = np.zeros(N_ITEMS)
+    a[:260] = 1
+    b = np.zeros(N_ITEMS)
+    b[:200] = 1
+    d = paired_difference([Items("k", a)], [Items("k", b)])
+    assert d.diff == pytest.approx(0.15)
+    assert d.se_items == pytest.approx(math.sqrt(0.15 * 0.85 / N_ITEMS), rel=0.1)
+    assert d.seed_spread == "none" and d.p < 1e-6
+    with_seeds = paired_difference([Items("k", a)] * 3, [Items("k", b)] * 3, sd=(0.03, 0.06))
+    assert with_seeds.se_seeds == pytest.approx(math.sqrt(0.03**2 / 3 + 0.06**2 / 3))
+    assert paired_difference([Items("k", a)], [Items("other", b)]) is None  # not the same items
+
+
+def test_bits_per_byte_difference_is_the_ratio_difference():
+    ll_a, ll_b, nbytes = np.array([-100.0, -50.0]), np.array([-120.0, -40.0]), np.array([80.0, 40.0])
+    a, b = Items("k", np.stack([ll_a, nbytes], 1)), Items("k", np.stack([ll_b, nbytes], 1))
+    d = paired_difference([a], [b])
+    expected = (-ll_a.sum() + ll_b.sum()) / (nbytes.sum() * math.log(2))
+    assert d.diff == pytest.approx(expected) and d.n_items == 2
+
+
+def test_tau_is_worded_by_its_p_value():
+    paper = pd.Series({"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0, "e": 5.0, "f": 6.0, "g": 7.0})
+    same4 = ranking_agreement(paper[:4], paper)  # tau 1 over 4 methods: p = 0.083
+    assert same4["tau"] == 1.0 and same4["p"] > 0.05
+    assert "no evidence that our ranking agrees" in describe_tau(same4, "x")
+    assert "agrees with the paper's" in describe_tau(ranking_agreement(paper, paper), "x")
+    assert "reverses the paper's" in describe_tau(ranking_agreement(-paper, paper), "x")
+
+
+# -- a synthetic Table 2 ------------------------------------------------------------------------------
+def table2_rows(acc: dict[str, float], seed_jitter: int = 2, scattered: bool = False) -> pd.DataFrame:
+    """Tidy rows for every method and 3 seeds (the teacher: 1): on each task, method m gets
+    ``acc[m] * N_ITEMS`` items right, plus ``seed_jitter * seed`` more per seed: the first ones, or
+    (``scattered``) ones drawn at random per method, so two methods disagree both ways, as real ones do."""
+    rows = []
+    for k, (method, p) in enumerate(acc.items()):
+        order = np.random.default_rng(k).permutation(N_ITEMS) if scattered else np.arange(N_ITEMS)
+        for seed in range(1 if method == "softmax" else 3):
+            for task in TASKS:
+                right = np.zeros(N_ITEMS, dtype=int)
+                right[order[: int(p * N_ITEMS) + seed_jitter * seed]] = 1
+                value, se = right.mean(), right.std(ddof=1) / math.sqrt(N_ITEMS)
+                items = encode_items(list(range(N_ITEMS)), right.tolist())
+                rows.append(dict(model=method, method=method, seed=seed, task=task, metric="acc", value=value,
+                                 stderr=se, n=N_ITEMS, status="ok", items=items))
+            rows.append(dict(model=method, method=method, seed=seed, task="wsc", metric="acc", value=None,
+                             stderr=None, n=0, status="not available offline", items=None))
+    return pd.DataFrame(rows)
+
+
+def write_table2(folder: Path, acc: dict[str, float], seed_jitter: int = 2, scattered: bool = False) -> Path:
+    frame = table2_rows(acc, seed_jitter, scattered)
+    per_seed = wide_table(frame, ["model", "method", "seed"])
+    folder.mkdir(parents=True, exist_ok=True)
+    seed_table(per_seed, ["model", "method"]).to_csv(folder / "table.csv", index=False)
+    frame.to_csv(folder / "results.csv", index=False)
+    return folder
+
+
+#: our accuracies in the paper's order of its average over piqa and arc_easy (DiJiang > PFF > Performer
+#: > Linformer > Cosformer > RetNet), with wide gaps
+PAPER_ORDER = {"softmax": 0.7, "dijiang": 0.8, "pff": 0.6, "performer": 0.5, "linformer": 0.4, "cosformer": 0.35,
+               "retnet": 0.3}
+
+
+def test_table_carries_stderr_avg_and_unavailable_tasks(tmp_path):
+    table = pd.read_csv(write_table2(tmp_path, PAPER_ORDER) / "table.csv").set_index("method")
+    dj = table.loc["dijiang"]
+    assert dj["piqa_local"] == pytest.approx(0.8 + 2 / N_ITEMS)  # mean over seeds 0, 1, 2
+    assert dj["avg tasks"] == 2 and dj["avg"] == pytest.approx(dj["piqa_local"])
+    assert dj["avg stderr"] == pytest.approx(math.hypot(dj["piqa_local stderr"], dj["arc_easy_local stderr"]) / 2)
+    assert dj["piqa_local n"] == N_ITEMS and dj["wsc n"] == 0 and math.isnan(dj["wsc"])
+    assert dj["unavailable"] == "wsc" and dj["seeds"] == 3 and dj["piqa_local sd"] > 0
+
+
+def test_report_ranking_best_and_deltas_on_a_known_table(tmp_path):
+    text = "\n".join(table2_section(write_table2(tmp_path, PAPER_ORDER), PAPER_DIR))
+    assert "| wsc " in text and "not available offline" in text  # kept as a column, not dropped
+    assert "0.805 ± 0.020" in text  # dijiang's piqa: mean over seeds ± the items' standard error
+    # Kendall's tau: the paper's order over the same 2 tasks, 6 methods -> tau 1, p = 2/720
+    line = next(x for x in text.splitlines() if x.startswith("- Ranking by mean accuracy"))
+    assert "tau = 1.00" in line and "p = 0.0028" in line and "agrees with the paper's" in line
+    assert "its average over the same 2 tasks" in line
+    best = next(x for x in text.splitlines() if x.startswith("- Best converted method by mean accuracy"))
+    assert "**dijiang**" in best and "dijiang − pff" in best and "+0.200 ±" in best and "a significant lead" in best
+    delta = next(x for x in text.splitlines() if x.startswith("| performer − dijiang"))
+    assert delta.split("|")[2].strip().startswith("-0.300 ±")  # piqa: 0.505 - 0.805
+
+
+def test_a_lead_inside_the_item_noise_is_no_ranking(tmp_path):
+    """Seeds that agree closely (one item apart) and a lead of 4 items of 400 for methods that
+    disagree on many items both ways: the seed spread alone would call the lead real (it is many of
+    its standard deviations); the paired test over the items does not."""
+    acc = {**PAPER_ORDER, "dijiang": 0.61, "pff": 0.60}
+    folder = write_table2(tmp_path, acc, seed_jitter=1, scattered=True)
+    table = pd.read_csv(folder / "table.csv").set_index("method")
+    gap = table.loc["dijiang", "avg"] - table.loc["pff", "avg"]
+    assert gap > 3 * table.loc[["dijiang", "pff"], "avg sd"].max()  # beyond the seed noise
+    text = "\n".join(table2_section(folder, PAPER_DIR))
+    best = next(x for x in text.splitlines() if x.startswith("- Best converted method by mean accuracy"))
+    assert "**dijiang**" in best and "not a significant lead" in best and "no ranking" in best
+
+
+# -- tables 1 and 3 -----------------------------------------------------------------------------------
+def test_scale_section_states_throughput_and_converted_minus_teacher(tmp_path):
+    frame = table2_rows({"softmax": 0.6, "dijiang": 0.6}, seed_jitter=0)
+    frame = frame[frame["seed"] == 0].assign(teacher="tiny-s")
+    frame["model"] = frame["method"].map({"softmax": "tiny-s", "dijiang": "dijiang-tiny-s"})
+    frame["tokens_per_s"] = frame["method"].map({"softmax": 200.0, "dijiang": 100.0})
+    table = wide_table(frame, ["model", "method", "teacher", "tokens_per_s"])
+    table.to_csv(tmp_path / "table.csv", index=False)
+    frame.to_csv(tmp_path / "results.csv", index=False)
+    text = "\n".join(scale_section(tmp_path, PAPER_DIR, "table1_scale"))
+    assert "slower than its teacher for tiny-s (0.50x)" in text and "This disagrees with the paper" in text
+    assert "tiny-s: mean accuracy over 2 tasks +0.000 ± 0.000" in text
+
+
+def test_paper_quirks_are_stated():
+    t3 = "\n".join(paper_quirks(paper_wide(PAPER_DIR, "table3_7b"), "Table 3"))
+    assert "LLaMA2-7B's printed average is 0.565" in t3 and "mean of its 11 cells is 0.556" in t3
+    t2 = "\n".join(paper_quirks(paper_wide(PAPER_DIR, "table2_methods"), "Table 2"))
+    assert "Linformer 0.635 (= 66/104)" in t2 and "constant-class" in t2 and "DiJiang" not in t2.split("gives")[0]
