@@ -369,47 +369,18 @@ def _metric_names(manager: Any, task: str) -> list[str]:
 
 
 # -- models and tokenizers ----------------------------------------------------------------------------
-def _looks_like_path(spec: str) -> bool:
-    return spec.startswith(("/", ".", "~")) or (os.sep in spec and Path(spec.split(os.sep)[0]).exists())
-
-
-DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
-
-
 def load_model(spec: str | os.PathLike, device: str | None = None, dtype: str | None = None) -> Any:
     """A causal LM from a local checkpoint folder (``save_pretrained``) or a hub id (needs network).
 
     Importing :mod:`harness` registers ``mixer_lm``, so the suite's models load with
     ``AutoModelForCausalLM`` like any other."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    from harness.convert import CheckpointError
+    from harness.factory import load_model as load
 
-    import harness  # noqa: F401  (registers mixer_lm with the Auto classes)
-
-    spec = str(spec)
-    path = Path(spec).expanduser()
-    if dtype is not None and dtype not in DTYPES:
-        raise EvalInputError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}.")
-    if not path.exists() and (_looks_like_path(spec) or _is_offline()):
-        offline = "is not a local folder, and the hub is offline (HF_HUB_OFFLINE=1)"
-        where = "does not exist" if _looks_like_path(spec) else offline
-        raise EvalInputError(
-            f"model {spec!r} {where}; pass a checkpoint folder written by `python -m harness train` / "
-            "`convert` (save_pretrained), or a hub id with network access."
-        )
-    if path.exists() and not (path / "config.json").is_file():
-        raise EvalInputError(f"{spec} has no config.json; pass a folder written by save_pretrained.")
-    torch_dtype = getattr(torch, dtype) if dtype else None
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path) if path.exists() else spec, dtype=torch_dtype)
-    except (OSError, ValueError, KeyError) as err:
-        raise EvalInputError(
-            f"cannot load model {spec!r}: {str(err).splitlines()[0] if str(err) else type(err).__name__}. Pass a "
-            "checkpoint folder written by save_pretrained (with config.json and weights), or a hub id with network."
-        ) from None
-    if device:
-        model = model.to(device)
-    return model.eval()
+        return load(spec, device=device, dtype=dtype)
+    except CheckpointError as err:
+        raise EvalInputError(str(err)) from None
 
 
 def count_parameters(spec: str | os.PathLike) -> int:

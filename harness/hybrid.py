@@ -243,10 +243,10 @@ def build_hybrid(
 
 # -- decode cost -------------------------------------------------------------------------------
 def _kv_cache_grows(mixer: TokenMixer) -> bool:
-    """Whether the mixer keeps every past key and value (softmax): its prefill is O(L^2)."""
-    from baselines.softmax import SoftmaxAttention
-
-    return isinstance(mixer, SoftmaxAttention)
+    """Whether the mixer keeps every past key and value (softmax attention: a state that grows with
+    the context and only a parallel form, so its prefill is O(L^2)); read off its declared contract."""
+    n = 1 << 16
+    return mixer.forms == ("parallel",) and mixer.state_size(2 * n) == 2 * mixer.state_size(n) > 0
 
 
 @torch.inference_mode()
