@@ -28,14 +28,31 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PACKAGES: tuple[str, ...] = ("torch", "transformers")
 
 
+#: what "dirty" means: uncommitted changes (or new files) where the code and definitions that produce
+#: results live; edits to results, notebooks or documentation do not make a run dirty
+SOURCE_PATHS: tuple[str, ...] = (
+    "harness",
+    "dijiang",
+    "baselines",
+    "analyses",
+    "experiments",
+    "configs",
+    "pyproject.toml",
+    "requirements.lock",
+    "requirements-data.lock",
+    "reproduce.sh",
+)
+
+
 def git_commit(root: Path = REPO_ROOT) -> tuple[str, bool | None]:
-    """(commit hash, working tree has uncommitted changes) or ("unknown", None) outside git."""
+    """(commit hash, the source (:data:`SOURCE_PATHS`) has uncommitted changes or new files) or
+    ("unknown", None) outside git."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=normal", "--", *SOURCE_PATHS],
             cwd=root,
             capture_output=True,
             text=True,
@@ -48,7 +65,7 @@ def git_commit(root: Path = REPO_ROOT) -> tuple[str, bool | None]:
 
 
 def commit_label(root: Path = REPO_ROOT) -> str:
-    """The commit hash with ``+dirty`` when tracked files have uncommitted changes (``unknown`` outside git)."""
+    """The commit hash with ``+dirty`` when the source has uncommitted changes (``unknown`` outside git)."""
     commit, dirty = git_commit(root)
     return commit + ("+dirty" if dirty else "")
 

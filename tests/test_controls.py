@@ -74,3 +74,30 @@ def test_pareto_front():
         {"speed": [10, 20, 30, 15, 30], "bpb": [1.0, 1.5, 2.0, 1.6, 2.5]}, index=["a", "b", "c", "d", "e"]
     )
     assert pareto_front(pts, "speed").to_dict() == {"a": True, "b": True, "c": True, "d": False, "e": False}
+
+
+def test_dirty_means_source_changes_only(tmp_path):
+    """A run is marked dirty by uncommitted code or definitions, not by edited results or docs."""
+    import subprocess
+
+    from harness.provenance import git_commit
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "harness").mkdir()
+    (tmp_path / "harness" / "m.py").write_text("x = 1\n")
+    (tmp_path / "README.md").write_text("readme\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
+    assert git_commit(tmp_path)[1] is False
+    (tmp_path / "README.md").write_text("edited\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "new.csv").write_text("a\n")
+    assert git_commit(tmp_path)[1] is False
+    (tmp_path / "harness" / "new_method.py").write_text("y = 2\n")
+    assert git_commit(tmp_path)[1] is True
+    (tmp_path / "harness" / "new_method.py").unlink()
+    (tmp_path / "harness" / "m.py").write_text("x = 2\n")
+    assert git_commit(tmp_path)[1] is True
