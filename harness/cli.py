@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("harness.bench", "throughput and memory sweeps"),
     "reproduce": ("harness.pipeline.reproduce", "run the paper's experiments at a profile and write the report"),
     "mqar": ("harness.mqar", "multi-query associative recall: accuracy against state size"),
+    "teachers": ("harness.pipeline.teachers", "train a teacher shape until more tokens stop paying, and ship it"),
     "compare": ("harness.report.compare", "do two runs of a profile agree up to seed noise?"),
 }
 

@@ -33,6 +33,9 @@ class Teacher:
     tokens: float
     checkpoint: str | None = None
     params: float | None = None
+    #: a teacher trained here and committed (``teachers/<profile>/<name>-v<N>``, see
+    #: :mod:`harness.pipeline.teachers`): converted as is instead of being trained again
+    shipped: str | None = None
     shape: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -116,6 +119,7 @@ def load_profile(name: str, directory: Path | None = None) -> Profile:
             name=tname,
             tokens=float(tokens),
             checkpoint=t.pop("checkpoint", None),
+            shipped=t.pop("shipped", None),
             params=t.pop("params", None),
             shape=t,
         )

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.fingerprint import fingerprint, method_modules
 from harness.io import atomic_write_json
+from harness.pipeline.shipped import verify
 from harness.pipeline.spec import Profile, Teacher
 from harness.provenance import REPO_ROOT
 from harness.train import StepInfo, TrainConfig, TrainResult, train
@@ -91,7 +92,7 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def _run(ctx: Context, label: str, config: TrainConfig, method: str) -> Run:
+def run_training(ctx: Context, label: str, config: TrainConfig, method: str) -> Run:
     config.out_dir = str(ctx.runs / f"{label}-{config.config_hash()[:10]}")
     config.progress = ctx.progress
     callbacks = []
@@ -134,12 +135,21 @@ def scratch_label(t: Teacher, method: str, seed: int, fraction: float = 1.0) -> 
     return f"scratch-{t.name}-{method}-f{fraction:g}-s{seed}"
 
 
+def teacher_config(ctx: Context, t: Teacher, seed: int = 0, tokens: float | None = None) -> TrainConfig:
+    """Pretraining ``t``'s shape from scratch (on its own tokens, or ``tokens``)."""
+    return TrainConfig(
+        model=dict(t.shape), mixer="softmax", **_base(ctx, seed, t.tokens if tokens is None else tokens, ctx.profile.pretrain)
+    )
+
+
 def teacher(ctx: Context, t: Teacher, seed: int = 0) -> Run | str:
-    """The teacher's trained run, or its hub checkpoint id for pretrained teachers."""
+    """The teacher: its hub checkpoint id, its shipped model directory (checked, see
+    :func:`harness.pipeline.teachers.verify`), or a run training its shape here."""
     if t.pretrained:
         return t.checkpoint  # type: ignore[return-value]
-    cfg = TrainConfig(model=dict(t.shape), mixer="softmax", **_base(ctx, seed, t.tokens, ctx.profile.pretrain))
-    return _run(ctx, teacher_label(t, seed), cfg, "softmax")
+    if t.shipped:
+        return str(verify(t))
+    return run_training(ctx, teacher_label(t, seed), teacher_config(ctx, t, seed), "softmax")
 
 
 def _source(teacher_run: Run | str) -> str:
@@ -162,7 +172,7 @@ def convert(ctx: Context, t: Teacher, teacher_run: Run | str, method: str, fract
         mixer_options=dict(ctx.profile.method_options.get(method, {})),
         **_base(ctx, seed, tokens, ctx.profile.convert),
     )
-    return _run(ctx, convert_label(t, method, fraction, seed), cfg, method)
+    return run_training(ctx, convert_label(t, method, fraction, seed), cfg, method)
 
 
 def convert_with_recipe(
@@ -193,7 +203,7 @@ def convert_with_recipe(
             teacher=teacher_path if stage.objective != "lm" else None,
             **_base(ctx, seed, stage.tokens, ctx.profile.convert),
         )
-        run = _run(ctx, f"{convert_label(t, method, fraction, seed)}-{recipe}{i + 1}", cfg, method)
+        run = run_training(ctx, f"{convert_label(t, method, fraction, seed)}-{recipe}{i + 1}", cfg, method)
         source = str(run.model_dir)
     return run  # type: ignore[return-value]
 
@@ -222,7 +232,7 @@ def convert_hybrid(
         layer_selection=layer_selection,
         **_base(ctx, seed, conversion_tokens(ctx, t, fraction), ctx.profile.convert),
     )
-    return _run(ctx, f"hybrid-{t.name}-{label}-f{fraction:g}-s{seed}", cfg, method)
+    return run_training(ctx, f"hybrid-{t.name}-{label}-f{fraction:g}-s{seed}", cfg, method)
 
 
 def scratch_control(
@@ -238,7 +248,7 @@ def scratch_control(
         mixer_options=dict(ctx.profile.method_options.get(method, {})),
         **_base(ctx, seed, tokens, ctx.profile.pretrain),
     )
-    return _run(ctx, scratch_label(t, method, seed, fraction) + "-control", cfg, method)
+    return run_training(ctx, scratch_label(t, method, seed, fraction) + "-control", cfg, method)
 
 
 def _hub_shape(t: Teacher) -> dict[str, Any]:
@@ -275,7 +285,7 @@ def from_scratch(
     of the teacher's token budget (the paper: all of it)."""
     tokens = t.tokens * fraction
     cfg = TrainConfig(model=_source(teacher_run), mixer=method, **_base(ctx, seed, tokens, ctx.profile.pretrain))
-    return _run(ctx, scratch_label(t, method, seed, fraction), cfg, method)
+    return run_training(ctx, scratch_label(t, method, seed, fraction), cfg, method)
 
 
 def evaluate_model(

@@ -1,0 +1,183 @@
+"""Teachers worth converting: train a teacher shape until more tokens stop paying, then ship it.
+
+DiJiang converts Pythia's released checkpoints (paper Sec. 4, Table 1), which were trained to the end
+of their schedule on 300B tokens. A stand-in teacher trained here must be converged too, or a
+conversion's gap to it measures the teacher's unfinished training as much as the method.
+
+:func:`converge` trains the shape from scratch on budgets doubling from ``start_tokens``. Each budget
+is a run of its own with its full warm-up + cosine schedule, so every point of the curve is a finished
+model, not a snapshot mid-schedule. It stops at the first doubling that improves validation bits per
+byte by less than ``threshold`` (2 %). The budget before that doubling is the converged one: it is
+within ``threshold`` of twice its tokens. Selection reads the **validation** split only; the test
+split that the tables score stays unseen.
+
+:func:`ship` copies that run's model into ``teachers/<profile>/<name>-v<N>/``, a new version each
+time, never over an old one. Beside the safetensors weights go ``teacher.json``: training config,
+tokens, the corpus hash, the weights' sha256, the whole curve and its wall time. ``curve.csv`` holds
+the curve. A profile names the shipped directory under its teacher's ``shipped:`` key. The pipeline
+then converts the shipped weights, after :func:`harness.pipeline.shipped.verify` checks them.
+
+``python -m harness teachers --profile tiny --teacher tiny-m`` runs both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from harness.errors import UserError
+from harness.io import atomic_write_json, atomic_write_text
+from harness.pipeline.shipped import sha256_file
+from harness.pipeline.spec import Profile, Teacher, load_profile
+from harness.pipeline.stages import Context, Run, run_training, teacher_config
+from harness.provenance import REPO_ROOT, commit_label
+
+#: where shipped teachers live (``teachers/<profile>/<name>-v<N>/``)
+TEACHERS_DIR = REPO_ROOT / "teachers"
+#: a doubling of tokens that improves validation bits per byte by less than this has stopped paying
+THRESHOLD = 0.02
+#: validation blocks scored per point of the curve (128-token blocks: 32K tokens at the tiny profile)
+EVAL_BLOCKS = 256
+#: the files of a shipped teacher's model (weights, config, tokenizer)
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer_config.json", "special_tokens_map.json")
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One finished teacher run: its tokens, validation bits per byte and what the doubling gained."""
+
+    tokens: int
+    val_bpb: float
+    gain: float | None  # relative improvement over the previous point (None for the first)
+    wall_time_s: float
+    run_dir: str
+
+
+def bits(nats: float) -> float:
+    """Bits per token from nats per token: bits per byte for the byte-level tokenizer."""
+    return nats / math.log(2)
+
+
+def converge(
+    ctx: Context,
+    t: Teacher,
+    *,
+    start_tokens: int,
+    threshold: float = THRESHOLD,
+    max_doublings: int = 6,
+    seed: int = 0,
+) -> tuple[list[CurvePoint], Run, bool]:
+    """Train ``t``'s shape on ``start_tokens``, ``2 x start_tokens``, ... until a doubling gains less
+    than ``threshold`` in validation bits per byte (or ``max_doublings`` is reached). Returns the
+    curve, the chosen run and whether it converged. Converged: the budget before the first doubling
+    under ``threshold``. Not converged: the largest budget trained."""
+    curve: list[CurvePoint] = []
+    runs: list[Run] = []
+    tokens = int(start_tokens)
+    for _ in range(max_doublings + 1):
+        cfg = teacher_config(ctx, t, seed, tokens=tokens)
+        cfg.eval_blocks = EVAL_BLOCKS
+        run = run_training(ctx, f"curve-{t.name}-t{tokens}-s{seed}", cfg, "softmax")
+        if run.result.val_loss is None:
+            raise UserError(f"the corpus {ctx.profile.data!r} has no validation split to select a teacher on.")
+        bpb = bits(run.result.val_loss)
+        gain = None if not curve else (curve[-1].val_bpb - bpb) / curve[-1].val_bpb
+        curve.append(CurvePoint(tokens, bpb, gain, run.result.wall_time_s, run.result.out_dir))
+        runs.append(run)
+        if gain is not None and gain < threshold:
+            return curve, runs[-2], True
+        tokens *= 2
+    return curve, runs[-1], False
+
+
+def curve_csv(curve: list[CurvePoint]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(CurvePoint.__dataclass_fields__))
+    writer.writeheader()
+    for p in curve:
+        writer.writerow(asdict(p))
+    return buf.getvalue()
+
+
+def next_version(root: Path, name: str) -> Path:
+    """``root/<name>-v<N>`` for the first N not taken: a shipped teacher is never overwritten."""
+    n = 1
+    while (root / f"{name}-v{n}").exists():
+        n += 1
+    return root / f"{name}-v{n}"
+
+
+def ship(
+    profile: Profile, t: Teacher, run: Run, curve: list[CurvePoint], converged: bool, root: Path = TEACHERS_DIR
+) -> Path:
+    """Copy ``run``'s model to a new version directory under ``root/<profile>/`` with its metadata."""
+    dest = next_version(root / profile.name, t.name)
+    tmp = dest.with_name(dest.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for name in MODEL_FILES:
+        if (run.model_dir / name).is_file():
+            shutil.copy2(run.model_dir / name, tmp / name)
+    summary = run.result.summary
+    meta = {
+        "name": t.name,
+        "profile": profile.name,
+        "shape": dict(t.shape),
+        "tokens": run.tokens,
+        "val_bpb": bits(run.result.val_loss or float("nan")),
+        "threshold": THRESHOLD,
+        "converged": converged,
+        "sha256": sha256_file(tmp / "model.safetensors"),
+        "corpus": summary.get("corpus", {}),
+        "train_config": summary.get("config", {}),
+        "n_params": summary.get("n_params"),
+        "curve": [asdict(p) for p in curve],
+        "curve_wall_time_s": sum(p.wall_time_s for p in curve),
+        "commit": commit_label(),
+        "retrain": f"python -m harness teachers --profile {profile.name} --teacher {t.name}",
+    }
+    atomic_write_json(tmp / "teacher.json", meta, indent=1, sort_keys=False)
+    atomic_write_text(tmp / "curve.csv", curve_csv(curve))
+    tmp.rename(dest)
+    return dest
+
+
+# -- command line -----------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="tiny", help="profile whose teacher shape to train (default: tiny)")
+    parser.add_argument("--teacher", required=True, help="teacher name in the profile, e.g. tiny-m")
+    parser.add_argument("--start-tokens", type=float, default=2**20, help="first budget of the curve (default: 2^20)")
+    parser.add_argument("--threshold", type=float, default=THRESHOLD, help="stop when a doubling gains less")
+    parser.add_argument("--max-doublings", type=int, default=6, help="give up doubling after this many")
+    parser.add_argument("--runs-dir", type=Path, default=None, help="where the curve's runs go (default: runs/)")
+    parser.add_argument("--no-ship", action="store_true", help="measure the curve only, ship nothing")
+
+
+def main(args: argparse.Namespace) -> int:
+    from harness.pipeline.stages import RUNS_DIR
+
+    profile = load_profile(args.profile)
+    t = profile.teacher(args.teacher)
+    if not t.shape:
+        raise UserError(f"teacher {t.name!r} is a hub checkpoint; only shapes trained here can be converged.")
+    ctx = Context(profile, results_dir=args.runs_dir or RUNS_DIR, progress=True)
+    curve, run, converged = converge(
+        ctx, t, start_tokens=int(args.start_tokens), threshold=args.threshold, max_doublings=args.max_doublings
+    )
+    for p in curve:
+        gain = "" if p.gain is None else f"  (doubling gained {100 * p.gain:.1f} %)"
+        print(f"{p.tokens:>12,d} tokens  {p.val_bpb:.4f} validation bits per byte  {p.wall_time_s:7.0f} s{gain}")
+    if converged:
+        print(f"converged: {run.tokens:,d} tokens (doubling them gained less than {100 * args.threshold:g} %)")
+    else:
+        print(f"NOT converged after {args.max_doublings} doublings: {run.tokens:,d} tokens still paid")
+    if not args.no_ship:
+        print(f"shipped: {ship(profile, t, run, curve, converged).relative_to(REPO_ROOT)}")
+    return 0
