@@ -138,7 +138,9 @@ def scratch_label(t: Teacher, method: str, seed: int, fraction: float = 1.0) -> 
 def teacher_config(ctx: Context, t: Teacher, seed: int = 0, tokens: float | None = None) -> TrainConfig:
     """Pretraining ``t``'s shape from scratch (on its own tokens, or ``tokens``)."""
     return TrainConfig(
-        model=dict(t.shape), mixer="softmax", **_base(ctx, seed, t.tokens if tokens is None else tokens, ctx.profile.pretrain)
+        model=dict(t.shape),
+        mixer="softmax",
+        **_base(ctx, seed, t.tokens if tokens is None else tokens, ctx.profile.pretrain),
     )
 
 
