@@ -1,2 +1,2 @@
 """Compared methods, one module each. The registry imports every module of this package on first use
-(:func:`harness.registry.list_methods`), so a new method module registers itself: no edit here."""
+(:func:`harness.core.registry.list_methods`), so a new method module registers itself: no edit here."""

@@ -31,8 +31,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from harness.linear_mixer import LinearAttentionMixer
-from harness.registry import register_mixer
+from harness.core.registry import register_mixer
+from harness.layers.linear_mixer import LinearAttentionMixer
 
 
 @register_mixer("cosformer")

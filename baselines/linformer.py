@@ -44,9 +44,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.mixer import MixerConfig, MixerConfigError
-from harness.projections import ProjectedMixer, positions_from_mask, repeat_kv
-from harness.registry import register_mixer
+from harness.core.mixer import MixerConfig, MixerConfigError
+from harness.core.projections import ProjectedMixer, positions_from_mask, repeat_kv
+from harness.core.registry import register_mixer
 
 LinformerState = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 

@@ -10,7 +10,7 @@ trained on the teacher's tokens, built with ``transformers``' ``MambaForCausalLM
   picks up their fused CUDA kernels by itself. This module never imports those packages (nor
   transformers' Mamba modules) at import time.
 
-**Design: an architecture, not a token mixer** (:class:`harness.architecture.Architecture`, registered
+**Design: an architecture, not a token mixer** (:class:`harness.core.architecture.Architecture`, registered
 with ``register_architecture``). Inside our decoder blocks (each with an attention-style MLP) it
 would be a hybrid that is neither the published Mamba nor what the paper's table lists, and
 transformers' ``MambaMixer`` cannot continue a multi-token chunk from a saved state (its
@@ -22,7 +22,7 @@ save/load, finite gradients, a training step) is tested in ``tests/test_baseline
 
 Building the model for a teacher goes through the suite's one factory, like every method::
 
-    from harness.factory import ModelSpec, build_model
+    from harness.core.factory import ModelSpec, build_model
     model = build_model(ModelSpec("mamba", teacher="path/to/pythia-410m"))   # sized after a checkpoint
     model = build_model(ModelSpec("mamba", config=teacher_config))           # or a config
     model = build_model(ModelSpec("mamba", config=cfg, options={"num_hidden_layers": 3}))
@@ -43,9 +43,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
-from harness.architecture import Architecture
-from harness.mixer import MixerConfigError
-from harness.registry import register_architecture
+from harness.core.architecture import Architecture
+from harness.core.mixer import MixerConfigError
+from harness.core.registry import register_architecture
 
 if TYPE_CHECKING:  # imported lazily: transformers' Mamba module looks for mamba-ssm when imported
     from transformers import MambaConfig, MambaForCausalLM
@@ -69,16 +69,12 @@ def count_parameters(config: PretrainedConfig) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def mamba_config(
-    hidden_size: int, vocab_size: int, num_hidden_layers: int, **overrides: Any
-) -> MambaConfig:
+def mamba_config(hidden_size: int, vocab_size: int, num_hidden_layers: int, **overrides: Any) -> MambaConfig:
     """A :class:`transformers.MambaConfig` with the published block settings (``MAMBA_DEFAULTS``)."""
     from transformers import MambaConfig
 
     kwargs = {**MAMBA_DEFAULTS, "tie_word_embeddings": True, **overrides}
-    return MambaConfig(
-        hidden_size=hidden_size, vocab_size=vocab_size, num_hidden_layers=num_hidden_layers, **kwargs
-    )
+    return MambaConfig(hidden_size=hidden_size, vocab_size=vocab_size, num_hidden_layers=num_hidden_layers, **kwargs)
 
 
 def match_layers(hidden_size: int, vocab_size: int, param_budget: int, **overrides: Any) -> int:
@@ -101,7 +97,7 @@ def build_mamba_lm(
     """A freshly initialised ``MambaForCausalLM`` matching a teacher's parameter count.
 
     ``teacher``: a transformers config (GPT-NeoX, LLaMA, ``mixer_lm``, ...; a checkpoint's is read
-    by :func:`harness.factory.build_model`). Width and vocabulary come from the teacher unless
+    by :func:`harness.core.factory.build_model`). Width and vocabulary come from the teacher unless
     given; ``num_hidden_layers`` defaults to the count matching ``param_budget`` (default: the
     teacher's total parameters). ``overrides`` go to ``MambaConfig`` (e.g. ``state_size``,
     ``expand``, ``tie_word_embeddings``). The teacher's bos/eos/pad token ids are carried over.

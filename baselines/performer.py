@@ -7,7 +7,7 @@ random features of the softmax kernel (Lemma 1, Eq. 7 with h(x) = exp(-|x|^2/2))
 
 applied to ``x = q / d^(1/4)`` and ``x = k / d^(1/4)`` so that the kernel is the teacher's
 ``exp(q . k / sqrt(d))``; the attention is normalised (Eq. 4-5: ``D^-1 A V``) and causal through
-prefix sums (Section 2.6), i.e. the shared forms of :mod:`harness.ops.linear_attention`.
+prefix sums (Section 2.6), i.e. the shared forms of :mod:`harness.core.ops.linear_attention`.
 
 * **Orthogonal random features** (Section 2.4): the rows of ``W`` come in blocks of ``d`` exactly
   orthogonal directions (QR of a Gaussian matrix), each row rescaled to the length of an independent
@@ -54,11 +54,11 @@ from typing import Any
 
 import torch
 
-from harness.linear_mixer import LinearAttentionMixer
-from harness.mixer import MixerConfig, MixerConfigError
-from harness.ops.linear_attention import linear_attention, linear_state_size
-from harness.projections import positions_from_mask, repeat_kv
-from harness.registry import register_mixer
+from harness.core.mixer import MixerConfig, MixerConfigError
+from harness.core.ops.linear_attention import linear_attention, linear_state_size
+from harness.core.projections import positions_from_mask, repeat_kv
+from harness.core.registry import register_mixer
+from harness.layers.linear_mixer import LinearAttentionMixer
 
 
 def draw_features(

@@ -8,7 +8,7 @@ Retention (Eq. 5, parallel form; Eq. 6 recurrent; Eq. 7 chunkwise), per head h:
 
 with ``Q, K`` rotated by position and ``K`` scaled by ``d^-1/2`` (as the authors' torchscale code),
 followed by Eq. 8: ``MSR(X) = W_O (swish(X W_G) ⊙ GroupNorm_h(heads))`` — one GroupNorm group
-per head (:class:`harness.gated_output.GatedGroupNormOutput`). There is no softmax-style
+per head (:class:`harness.layers.gated_output.GatedGroupNormOutput`). There is no softmax-style
 normaliser: GroupNorm makes each head's output scale-invariant.
 
 **Position: rotary, not xPos.** The paper's xPos multiplies the rotation by ``zeta^n`` on queries
@@ -21,7 +21,7 @@ dims, same base), so a converted model keeps the teacher's query/key geometry.
 (``D / sqrt(sum D)``, ``|QK^T ⊙ D|`` row sums clamped to [1, 5e4]); these only rescale each head,
 which GroupNorm undoes exactly except for its epsilon and the clamp, which is why its forms did not
 agree bit for bit. We drop them: all three forms compute exactly Eq. 5, through the shared
-:mod:`harness.ops.linear_attention`, whose decay powers are built as ``exp(e * log gamma)`` with
+:mod:`harness.core.ops.linear_attention`, whose decay powers are built as ``exp(e * log gamma)`` with
 ``0 <= e <= chunk`` (no ``gamma^-n``), so nothing overflows at any length. In float16 the
 unnormalised sums grow up to ``1 / (1 - gamma) = 2^(5+h)`` times a score; bfloat16/float32 are safe.
 
@@ -36,10 +36,10 @@ from __future__ import annotations
 
 import torch
 
-from harness.gated_output import GatedGroupNormOutput
-from harness.linear_mixer import LinearAttentionMixer
-from harness.mixer import MixerConfig
-from harness.registry import register_mixer
+from harness.core.mixer import MixerConfig
+from harness.core.registry import register_mixer
+from harness.layers.gated_output import GatedGroupNormOutput
+from harness.layers.linear_mixer import LinearAttentionMixer
 
 
 def retnet_log_decay(n_heads: int) -> torch.Tensor:

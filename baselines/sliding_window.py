@@ -31,9 +31,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from harness.mixer import AttentionMap, MixerConfig, MixerConfigError
-from harness.projections import ProjectedMixer, positions_from_mask, repeat_kv
-from harness.registry import register_mixer
+from harness.core.mixer import AttentionMap, MixerConfig, MixerConfigError
+from harness.core.projections import ProjectedMixer, positions_from_mask, repeat_kv
+from harness.core.registry import register_mixer
 
 #: spare capacity of a window buffer: a quarter of the window, at least this many tokens
 MIN_HEADROOM = 64

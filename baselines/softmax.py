@@ -14,9 +14,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from harness.mixer import AttentionMap, MixerConfig
-from harness.projections import ProjectedMixer, positions_from_mask, repeat_kv
-from harness.registry import register_mixer
+from harness.core.mixer import AttentionMap, MixerConfig
+from harness.core.projections import ProjectedMixer, positions_from_mask, repeat_kv
+from harness.core.registry import register_mixer
 
 #: spare capacity allocated when a KV cache grows: a quarter of its new length, at least this many tokens
 MIN_HEADROOM = 64

@@ -26,7 +26,7 @@ keys and values shifted right by ``W`` positions (zeros in front) and keys scale
 
     sum_{j <= i-W} gamma^(i-j) phi(k_j) v_j  =  sum_{t <= i} gamma^(i-t) [gamma^W phi(k_{t-W})] v_{t-W},
 
-so :func:`harness.ops.linear_attention.linear_attention` computes it unnormalised, on ``v``
+so :func:`harness.core.ops.linear_attention.linear_attention` computes it unnormalised, on ``v``
 augmented with a ones column (numerator and denominator at once): the ``chunk`` form for prefill,
 the ``recurrent`` form for decoding, where the shifted key at step ``i`` is the token leaving the
 window. The softmax part runs query block by query block over the band (O(T W)).
@@ -55,12 +55,12 @@ import torch
 from torch import nn
 
 from baselines.sliding_window import band_mask, extend_window, key_slot_mask
-from harness.linear_mixer import LinearAttentionMixer
-from harness.mixer import AttentionMap, AttentionWeights, MixerConfig, MixerConfigError, TokenMixer
-from harness.ops.linear_attention import linear_attention, linear_state_size
-from harness.projections import positions_from_mask, repeat_kv
-from harness.registry import build_mixer, get_method, register_mixer
-from harness.rotary import apply_rotary, rotary_cos_sin
+from harness.core.mixer import AttentionMap, AttentionWeights, MixerConfig, MixerConfigError, TokenMixer
+from harness.core.ops.linear_attention import linear_attention, linear_state_size
+from harness.core.projections import positions_from_mask, repeat_kv
+from harness.core.registry import build_mixer, get_method, register_mixer
+from harness.core.rotary import apply_rotary, rotary_cos_sin
+from harness.layers.linear_mixer import LinearAttentionMixer
 
 
 @dataclass

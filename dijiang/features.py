@@ -23,8 +23,8 @@ import torch
 from scipy.stats import chi, qmc
 from torch import nn
 
-from harness.feature_maps import positive_features, token_max
-from harness.mixer import MixerConfigError
+from harness.core.mixer import MixerConfigError
+from harness.layers.feature_maps import positive_features, token_max
 
 QMC_METHODS: tuple[str, ...] = ("sobol", "halton", "random")
 STABILIZERS: tuple[str, ...] = ("query", "both", "none")
@@ -207,10 +207,10 @@ class PFFeatures(nn.Module):
     """Positive fixed features, paper Eq. 9: ``phi(x) = e^{-|x|^2/2}/sqrt(m) [exp(w_i . x)]_i``.
 
     ``w_i`` from :func:`pff_directions` (quasi-Monte Carlo, buffer). The paper prints ``e^{-|x|^2}``;
-    we use ``e^{-|x|^2/2}`` (:func:`harness.feature_maps.positive_features`), the factor that makes
+    we use ``e^{-|x|^2/2}`` (:func:`harness.layers.feature_maps.positive_features`), the factor that makes
     the estimator of ``exp(q.k)`` unbiased (Performer's Lemma 1). ``learn_weight`` adds the weighted
     form (Eq. 10): a learnable ``D`` (heads, m), initialised to 1, applied as ``D^2`` on queries.
-    ``stabilize`` as in :class:`WDCFeatures` (per-token :func:`~harness.feature_maps.token_max`).
+    ``stabilize`` as in :class:`WDCFeatures` (per-token :func:`~harness.layers.feature_maps.token_max`).
     """
 
     def __init__(

@@ -17,8 +17,8 @@ gated output with one GroupNorm group per head, no normaliser (the GroupNorm div
 per-head, per-token scale, so a normaliser would only cost time), stabilised query exponents.
 
 The three forms (``parallel``, ``chunk``, ``recurrent``) come from
-:class:`harness.linear_mixer.LinearAttentionMixer`; the decay is applied as relative powers inside
-chunks (:mod:`harness.ops.linear_attention`), safe in bf16/fp16 at any length.
+:class:`harness.layers.linear_mixer.LinearAttentionMixer`; the decay is applied as relative powers inside
+chunks (:mod:`harness.core.ops.linear_attention`), safe in bf16/fp16 at any length.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from torch import nn
 
 from dijiang.decay import init_decay_rate, log_decay_from_rate
 from dijiang.features import QMC_METHODS, PFFeatures, WDCFeatures, layer_seed
-from harness.gated_output import GatedGroupNormOutput
-from harness.linear_mixer import LinearAttentionMixer
-from harness.mixer import MixerConfig, MixerConfigError
-from harness.registry import register_mixer
+from harness.core.mixer import MixerConfig, MixerConfigError
+from harness.core.registry import register_mixer
+from harness.layers.gated_output import GatedGroupNormOutput
+from harness.layers.linear_mixer import LinearAttentionMixer
 
 DECAYS: tuple[str, ...] = ("learned", "fixed", "none")
 OUTPUTS: tuple[str, ...] = ("gated", "linear")

@@ -44,10 +44,10 @@ from torch import nn
 from dijiang.decay import init_decay_rate, log_decay_from_rate, official_position_decay
 from dijiang.features import QMC_METHODS, SoftmaxDCTFeatures, layer_seed
 from dijiang.mixer import NORM_GROUPS, check_choice
-from harness.gated_output import GatedGroupNormOutput
-from harness.linear_mixer import LinearAttentionMixer
-from harness.mixer import MixerConfig
-from harness.registry import register_mixer
+from harness.core.mixer import MixerConfig
+from harness.core.registry import register_mixer
+from harness.layers.gated_output import GatedGroupNormOutput
+from harness.layers.linear_mixer import LinearAttentionMixer
 
 OFFICIAL_DECAYS: tuple[str, ...] = ("per_position", "per_head")
 

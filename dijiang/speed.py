@@ -10,7 +10,7 @@ processes hits them alike:
   ``S = (q' k'^T) * mask``, ``O = S V`` with a materialised float causal mask (the official code keeps
   one per head; we keep one (T, T) mask shared by the heads, the same arithmetic with less memory);
 * ``chunk``: ours — WDCF features (paper Eq. 12, exactly as the ``dijiang`` mixer computes them) and
-  the chunkwise form with per-head decay (:func:`harness.ops.linear_attention.linear_attention`);
+  the chunkwise form with per-head decay (:func:`harness.core.ops.linear_attention.linear_attention`);
   ``chunk-core`` is the chunkwise form alone, given the features.
 
 It reports milliseconds (minimum and median over repetitions), speed-ups measured side by side, and
@@ -20,9 +20,9 @@ state of a 512- and a 32768-token context, against softmax decoding with a KV ca
 state memory per sequence.
 
 ``--threads N`` sets torch's thread count; ``--keep-freed-memory`` lets glibc keep freed memory for
-reuse (the ``"keep"`` policy of :func:`harness.timing.set_malloc_policy`; by default large tensors
-page-fault afresh on every call). Timing and provenance are the suite's own (:mod:`harness.timing`,
-:mod:`harness.provenance`).
+reuse (the ``"keep"`` policy of :func:`harness.util.timing.set_malloc_policy`; by default large tensors
+page-fault afresh on every call). Timing and provenance are the suite's own (:mod:`harness.util.timing`,
+:mod:`harness.util.provenance`).
 
 Results (table on stdout, JSON and markdown) go to ``results/op_speed/op_speed_<UTC time>.{json,md}``
 (never overwritten) and ``latest.{json,md}`` beside them. No timing is asserted anywhere: this is a
@@ -42,13 +42,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-import harness.ops.linear_attention as la
+import harness.core.ops.linear_attention as la
 from dijiang.decay import PerHeadDecay, official_position_decay
 from dijiang.features import SoftmaxDCTFeatures, WDCFeatures
-from harness.io import atomic_write_text
-from harness.ops.linear_attention import linear_attention
-from harness.provenance import environment
-from harness.timing import set_malloc_policy, time_round_robin
+from harness.core.ops.linear_attention import linear_attention
+from harness.util.io import atomic_write_text
+from harness.util.provenance import environment
+from harness.util.timing import set_malloc_policy, time_round_robin
 
 DEFAULT_OUT = Path("results/op_speed")
 TARGETS = {"chunk_vs_sdpa_2048": 3.0, "chunk_vs_sdpa_8192": 8.0, "chunk_vs_official_8192": 50.0, "decode_ratio": 1.2}
@@ -60,7 +60,7 @@ def load_average() -> list[float] | None:
 
 
 def metadata(dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
-    """The run's provenance (:func:`harness.provenance.environment`) and the load average at its start."""
+    """The run's provenance (:func:`harness.util.provenance.environment`) and the load average at its start."""
     return {**environment(device, dtype, packages=("torch",)), "load_average_start": load_average()}
 
 
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--keep-freed-memory",
         action="store_true",
-        help="glibc keeps freed memory for reuse (as jemalloc/tcmalloc do); see harness.timing.set_malloc_policy",
+        help="glibc keeps freed memory for reuse (as jemalloc/tcmalloc do); see harness.util.timing.set_malloc_policy",
     )
     a = p.parse_args(argv)
     if a.threads:

@@ -5,11 +5,11 @@ checkpoint conversion.
 Importing the package registers ``mixer_lm`` with transformers' Auto classes.
 """
 
-from harness.architecture import Architecture
-from harness.factory import ModelSpec, build_model, decode_state_size, load_model
-from harness.mixer import FORMS, AttentionMap, AttentionWeights, MixerConfig, MixerConfigError, TokenMixer
-from harness.modeling import MixerCache, MixerLMConfig, MixerLMForCausalLM
-from harness.registry import (
+from harness.core.architecture import Architecture
+from harness.core.factory import ModelSpec, build_model, decode_state_size, load_model
+from harness.core.mixer import FORMS, AttentionMap, AttentionWeights, MixerConfig, MixerConfigError, TokenMixer
+from harness.core.modeling import MixerCache, MixerLMConfig, MixerLMForCausalLM
+from harness.core.registry import (
     build_mixer,
     capabilities,
     get_method,

@@ -156,7 +156,7 @@ WALKTHROUGH = [
     new_code_cell(SETUP),
     new_code_cell(
         "import tempfile, torch\nfrom transformers import GPTNeoXConfig, GPTNeoXForCausalLM\n"
-        "from harness.convert import convert_checkpoint\n"
+        "from harness.conversion.hf_checkpoint import convert_checkpoint\n"
         "torch.manual_seed(0)\nckpt = pathlib.Path(tempfile.mkdtemp()) / 'tiny-neox'\n"
         "teacher = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=258, hidden_size=64, num_hidden_layers=2,\n"
         "    num_attention_heads=4, intermediate_size=256, max_position_embeddings=512)).eval()\n"
@@ -171,14 +171,14 @@ WALKTHROUGH = [
         "print('buffers:', [n for n, _ in model.named_buffers()][:4])"
     ),
     new_code_cell(
-        "from harness.train import TrainConfig, train\n"
+        "from harness.training.config import TrainConfig\nfrom harness.training.loop import train\n"
         "cfg = TrainConfig(model=str(ckpt), mixer='dijiang', tokenizer='byte', block_size=64, batch_size=8,\n"
         "                  tokens=8 * 64 * 12, lr=1e-3, out_dir=tempfile.mkdtemp() + '/run', progress=False)\n"
         "result = train(cfg)\n"
         "print('final loss', round(result.final_loss, 3), '| tokens', result.tokens)"
     ),
     new_code_cell(
-        "from harness.evaluate import load_model\nfrom harness.data.tokenizer import load_tokenizer\n"
+        "from harness.core.factory import load_model\nfrom harness.data.tokenizer import load_tokenizer\n"
         "tuned, tok = load_model(result.model_dir), load_tokenizer('byte')\n"
         "out = tuned.generate(tok('def ', return_tensors='pt')['input_ids'], max_new_tokens=24, do_sample=False)\n"
         "print(repr(tok.decode(out[0])))"

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from analyses.attention_maps import implied_attention, row_tv_distance
 from harness import get_method, list_methods
-from harness.attention_maps import implied_attention, row_tv_distance
-from harness.mixer import has_attention_map
+from harness.core.mixer import has_attention_map
 from tests.test_contract import T_ODD, rel_err, tiny_mixer, tiny_model
 
 WITH_MAPS = [m for m in list_methods() if get_method(m).kind == "mixer" and has_attention_map(get_method(m))]

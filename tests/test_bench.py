@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import registry
-from harness.architecture import Architecture, UnsupportedMethodError
 from harness.bench import measure
 from harness.bench.analysis import analyse, crossover, fit_slope
 from harness.bench.sweep import Predictor, Sweep
 from harness.cli import main as cli_main
-from harness.linear_mixer import LinearAttentionMixer
+from harness.core import registry
+from harness.core.architecture import Architecture, UnsupportedMethodError
+from harness.layers.linear_mixer import LinearAttentionMixer
 
 METADATA = ("git_commit", "torch", "device", "device_name", "cpu", "threads", "dtype", "date")
 FAST = [

@@ -15,8 +15,9 @@ import importlib.util
 import datasets
 import pytest
 
-import harness.lm_eval_tasks.bundled as bundled
-from harness.evaluate import EvalInputError, prepare_tasks
+import harness.evaluation.lm_eval_tasks.bundled as bundled
+from harness.evaluation.errors import EvalInputError
+from harness.evaluation.tasks import prepare_tasks
 
 #: documents whose requests are compared per task (MMLU: per subject)
 N_DOCS = 12

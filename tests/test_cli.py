@@ -1,4 +1,4 @@
-"""The command line's contract with users (harness/cli.py): a mistake a user can make prints one
+"""The command line's contract with users (harness/cli/__init__.py): a mistake a user can make prints one
 line, ``error: ...``, naming the fix, and exits with status 2 — never a traceback; a bug still
 raises. Every option of ``train`` has a help string."""
 
@@ -115,12 +115,12 @@ def test_unknown_command_and_option_are_one_line(capsys):
 
 def test_a_bug_is_not_hidden(monkeypatch):
     """Only the listed user-error types become one line; anything else keeps its traceback."""
-    import harness.cli_methods
+    import harness.cli.methods
 
     def broken(args: argparse.Namespace) -> int:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(harness.cli_methods, "main", broken)
+    monkeypatch.setattr(harness.cli.methods, "main", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["methods"])
 
@@ -136,7 +136,7 @@ def test_user_error_types_resolve():
 
 
 def test_every_train_option_has_help():
-    from harness.train import add_arguments
+    from harness.cli.train import add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

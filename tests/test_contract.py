@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from harness import MixerConfig, MixerLMConfig, MixerLMForCausalLM, build_mixer, get_method, list_methods
-from harness.hf_cache import output_cache
+from harness.core.hf_cache import output_cache
 
 MIXERS = [m for m in list_methods() if get_method(m).kind == "mixer"]
 T_ODD = 37  # not a multiple of any chunk size used here

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from harness.pipeline import stages
-from harness.pipeline.controls_runner import recovery
-from harness.pipeline.hybrid_runner import pareto_front
+from harness.pipeline.runners.controls import recovery
+from harness.pipeline.runners.hybrid import pareto_front
 from harness.pipeline.spec import load_profile
 
 SAME = ("data", "tokenizer", "tokens", "block_size", "batch_size", "seed")
@@ -26,7 +26,7 @@ def captured(monkeypatch, tmp_path):
         result = SimpleNamespace(model_dir=f"/runs/{label}/model", out_dir=f"/runs/{label}")
         return stages.Run(label=label, result=result, method=method, tokens=config.tokens)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(stages, "_run", fake_run)
+    monkeypatch.setattr(stages, "run_training", fake_run)
     ctx = stages.Context(load_profile("tiny"), results_dir=tmp_path)
     return ctx, configs
 
@@ -47,12 +47,12 @@ def test_controls_train_on_the_conversions_data_and_tokens(captured, fraction):
 
 
 def test_recipes_chain_their_stages_from_the_teacher(captured, monkeypatch):
-    import harness.factory
-    import harness.recipes
+    import harness.core.factory
+    import harness.training.recipes
 
     ctx, configs = captured
-    monkeypatch.setattr(harness.factory, "load_model", lambda path: None)
-    monkeypatch.setattr(harness.recipes, "mixer_share", lambda model: 0.25)
+    monkeypatch.setattr(harness.core.factory, "load_model", lambda path: None)
+    monkeypatch.setattr(harness.training.recipes, "mixer_share", lambda model: 0.25)
     t = ctx.profile.teacher("tiny-m")
     stages.convert_with_recipe(ctx, t, "/teacher/model", "dijiang", 0.0625, "transfer", seed=0)
     first, second = (configs[k] for k in sorted(configs))
@@ -80,7 +80,7 @@ def test_dirty_means_source_changes_only(tmp_path):
     """A run is marked dirty by uncommitted code or definitions, not by edited results or docs."""
     import subprocess
 
-    from harness.provenance import git_commit
+    from harness.util.provenance import git_commit
 
     def git(*args: str) -> None:
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)

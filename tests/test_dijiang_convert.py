@@ -12,7 +12,7 @@ import torch
 from dijiang.decay import retnet_gammas
 from dijiang.features import layer_seed, wdcf_projection
 from harness import MixerLMConfig, MixerLMForCausalLM
-from harness.convert import convert_checkpoint
+from harness.conversion.hf_checkpoint import convert_checkpoint
 from tests.hf_checkpoints import make_neox
 
 

@@ -20,8 +20,8 @@ from dijiang.features import (
     uniform_points,
     wdcf_projection,
 )
-from harness.feature_maps import positive_features
-from harness.mixer import MixerConfigError
+from harness.core.mixer import MixerConfigError
+from harness.layers.feature_maps import positive_features
 
 
 @pytest.mark.parametrize("d", [8, 64, 80])

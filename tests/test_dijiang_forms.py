@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-import harness.ops.linear_attention as la
+import harness.core.ops.linear_attention as la
 from dijiang.decay import fp16_overflow_position, official_position_decay, retnet_gammas
 from harness import MixerConfig, build_mixer
 
@@ -46,8 +46,15 @@ def test_op_forms_match_float64_reference(small_blocks, decay, normalize, T):
     def run(form: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
         o, s = la.linear_attention(
-            cast(q), cast(k), cast(v), form=form, log_decay=cast(ld), normalize=normalize,
-            initial_state=cast(s0), output_final_state=True, chunk_size=8,
+            cast(q),
+            cast(k),
+            cast(v),
+            form=form,
+            log_decay=cast(ld),
+            normalize=normalize,
+            initial_state=cast(s0),
+            output_final_state=True,
+            chunk_size=8,
         )
         loss = (o.double() * w_o).sum() + (s.double() * w_s).sum()
         return o, s, list(torch.autograd.grad(loss, leaves))

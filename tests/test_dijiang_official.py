@@ -54,8 +54,9 @@ def official_forward(mixer, hidden: torch.Tensor) -> torch.Tensor:
 
 def test_official_mixer_is_the_official_computation_in_every_form():
     torch.manual_seed(0)
-    cfg = MixerConfig(d_model=32, n_heads=4, head_dim=8, rotary_dim=2, max_seq_len=64, qkv_bias=True, out_bias=True,
-                      layer_idx=1)
+    cfg = MixerConfig(
+        d_model=32, n_heads=4, head_dim=8, rotary_dim=2, max_seq_len=64, qkv_bias=True, out_bias=True, layer_idx=1
+    )
     mixer = build_mixer("dijiang-official", cfg).double()
     mixer.reset_parameters(0.02)
     mixer.chunk_size = 8
@@ -94,8 +95,9 @@ def test_official_length_limit_and_options():
     mixer = build_mixer("dijiang-official", cfg)
     with pytest.raises(MixerConfigError, match="at most max_seq_len=32"):
         mixer(torch.randn(1, 33, 16))
-    safe = build_mixer("dijiang-official", MixerConfig(d_model=16, n_heads=2, max_seq_len=32,
-                                                         options={"decay": "per_head"}))
+    safe = build_mixer(
+        "dijiang-official", MixerConfig(d_model=16, n_heads=2, max_seq_len=32, options={"decay": "per_head"})
+    )
     assert torch.isfinite(safe(torch.randn(1, 100, 16))[0]).all()  # no per-position table, no limit
     with pytest.raises(MixerConfigError, match="decay='sometimes' is not one of"):
         build_mixer("dijiang-official", MixerConfig(d_model=16, n_heads=2, options={"decay": "sometimes"}))

@@ -14,7 +14,7 @@ from dijiang.speed import OpInputs, chunk, official_quadratic
 def test_benchmarked_ops_compute_the_same_function_as_the_mixers():
     """The timed chunk op is linear attention with WDCF features; the timed official op equals our
     chunk form of the official computation (so the speed-up compares like with like)."""
-    from harness.ops.linear_attention import linear_attention
+    from harness.core.ops.linear_attention import linear_attention
 
     x = OpInputs(100, 2, 16, torch.float64, torch.device("cpu"))
     with torch.no_grad():
@@ -28,8 +28,17 @@ def test_benchmarked_ops_compute_the_same_function_as_the_mixers():
 
 
 def test_speed_run_writes_json_and_markdown(tmp_path):
-    res = speed.run(lengths=(64,), heads=2, head_dim=16, reps=1, official_reps=1, decode_contexts=(16, 32),
-                    decode_steps=2, chunk_size=16, peak_sizes=(64,))
+    res = speed.run(
+        lengths=(64,),
+        heads=2,
+        head_dim=16,
+        reps=1,
+        official_reps=1,
+        decode_contexts=(16, 32),
+        decode_steps=2,
+        chunk_size=16,
+        peak_sizes=(64,),
+    )
     assert {r["method"] for r in res["ops"]} == {"sdpa", "official", "chunk", "chunk-core"}
     assert res["meta"]["threads"] >= 1 and res["meta"]["torch"] == torch.__version__
     assert res["decode"][0]["ours_state_bytes"] == res["decode"][1]["ours_state_bytes"] == 2 * 16 * 16 * 4

@@ -1,6 +1,8 @@
-"""Code fingerprints in the reuse keys (harness/fingerprint.py): editing a method's source changes
-the keys of exactly the experiments and training runs that use it; editing core model code changes
-every key; editing the report changes none. Checked on an edited copy of the source tree."""
+"""Code fingerprints in the reuse keys (harness/util/fingerprint.py): editing a method's source changes
+the keys of exactly the experiments and training runs that use it; editing a runner's module
+(harness/pipeline/runners/<runner>.py) the keys of the experiments that run it; editing core model
+code or the runners' shared base changes every key; editing the report changes none. Checked on an
+edited copy of the source tree."""
 
 from __future__ import annotations
 
@@ -9,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import fingerprint
 from harness.pipeline.reproduce import code_fingerprint
-from harness.pipeline.runners import RUNNERS
-from harness.pipeline.spec import experiment_names, load_experiment
-from harness.train import TrainConfig
+from harness.pipeline.runners import RUNNERS, load_experiment, runner_params
+from harness.pipeline.spec import experiment_names
+from harness.training.config import TrainConfig
+from harness.util import fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +40,7 @@ def experiment_keys() -> dict[str, str]:
 
 def uses(name: str, method: str) -> bool:
     exp = load_experiment(name, "smoke")
-    return method in RUNNERS[exp.runner].methods(exp, exp.runner_params())
+    return method in RUNNERS[exp.runner].methods(exp, runner_params(exp))
 
 
 def train_key(mixer: str) -> str:
@@ -72,10 +74,32 @@ def test_core_code_changes_every_key_and_the_report_none(tree):
     before, run_before = experiment_keys(), train_key("softmax")
     edit(tree / "harness" / "report" / "report.py")
     assert experiment_keys() == before and train_key("softmax") == run_before
-    edit(tree / "harness" / "modeling.py")
+    edit(tree / "harness" / "core" / "modeling.py")
     after = experiment_keys()
     assert all(after[n] != before[n] for n in before)
     assert train_key("softmax") != run_before
+
+
+def test_a_runner_module_counts_for_its_own_experiments(tree):
+    """One module per runner: editing one re-runs the experiments of that runner (and those importing
+    it), the shared base every experiment, the package's ``__init__`` (which only imports its modules) none."""
+    runners = tree / "harness" / "pipeline" / "runners"
+    by_runner: dict[str, set[str]] = {}
+    for n in experiment_names():
+        by_runner.setdefault(load_experiment(n, "smoke").runner, set()).add(n)
+    keys = experiment_keys()
+    edit(runners / "mqar.py")
+    after = experiment_keys()
+    assert {n for n in keys if keys[n] != after[n]} == by_runner["mqar"] == {"mqar"}
+    edit(runners / "methods.py")
+    keys, after = after, experiment_keys()
+    assert {n for n in keys if keys[n] != after[n]} == {"table2_methods", "fig2_curves"}  # fig 2 plots table 2's runs
+    edit(runners / "__init__.py")
+    keys, after = after, experiment_keys()
+    assert keys == after
+    edit(runners / "base.py")
+    keys, after = after, experiment_keys()
+    assert all(after[n] != keys[n] for n in keys)
 
 
 def test_the_change_is_named():
@@ -114,7 +138,7 @@ def test_a_hybrid_run_depends_on_every_method_it_names(tree):
 
 
 def test_a_method_package_outside_the_repository_is_fingerprinted(tmp_path, monkeypatch):
-    from harness import registry
+    from harness.core import registry
 
     if not hasattr(registry, "method_packages"):
         pytest.skip("this registry has no outside method packages")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from harness import MixerLMConfig, MixerLMForCausalLM
-from harness.hf_cache import output_cache
-from harness.mixer import MixerConfigError
+from harness.core.hf_cache import output_cache
+from harness.core.mixer import MixerConfigError
 
 #: (default method, {layer: override}) — linear layers with softmax kept in some, and the reverse
 HYBRIDS = {

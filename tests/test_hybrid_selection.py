@@ -1,4 +1,4 @@
-"""Hybrid conversions (harness.hybrid): which layers keep softmax, the hybrid built from a teacher,
+"""Hybrid conversions (harness.conversion.hybrid): which layers keep softmax, the hybrid built from a teacher,
 and the decode-cost measurement at long contexts (here: short ones, tiny models)."""
 
 from __future__ import annotations
@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from harness import MixerLMConfig, MixerLMForCausalLM
-from harness.hf_cache import output_cache
-from harness.hybrid import (
+from harness.conversion.hybrid import (
     build_hybrid,
     evenly_spaced,
     measure_decode,
@@ -17,8 +16,9 @@ from harness.hybrid import (
     top_layers,
     transfer_scores,
 )
-from harness.mixer import MixerConfigError
-from harness.tensor_tree import tensors_in
+from harness.core.hf_cache import output_cache
+from harness.core.mixer import MixerConfigError
+from harness.util.tensor_tree import tensors_in
 
 #: a linear method whose output path is the teacher's (W_O only) and whose kernel estimates softmax's
 PFF = ("pff", {"normalize": True, "output": "linear"})

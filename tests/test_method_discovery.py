@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import registry
-from harness.factory import ModelSpec, build_model, decode_state_size
-from harness.modeling import MixerLMConfig
+from harness.core import registry
+from harness.core.factory import ModelSpec, build_model, decode_state_size
+from harness.core.modeling import MixerLMConfig
 from tests import test_attention_maps, test_contract
 
 PACKAGE, NAME = "throwaway_methods", "throwaway-elu"
@@ -28,8 +28,8 @@ METHOD_SOURCE = f'''"""A throwaway method: elu + 1 linear attention (Katharopoul
 
 import torch
 
-from harness.linear_mixer import LinearAttentionMixer
-from harness.registry import register_mixer
+from harness.layers.linear_mixer import LinearAttentionMixer
+from harness.core.registry import register_mixer
 
 
 @register_mixer("{NAME}")

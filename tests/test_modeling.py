@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from harness import MixerConfig, MixerConfigError, MixerLMConfig, MixerLMForCausalLM, build_mixer, list_methods
-from harness.convert import CheckpointError, convert_checkpoint
-from harness.registry import UnknownMethodError, get_method
+from harness.conversion.hf_checkpoint import CheckpointError, convert_checkpoint
+from harness.core.registry import UnknownMethodError, get_method
 from tests.hf_checkpoints import make_llama, make_neox
 
 

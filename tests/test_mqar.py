@@ -8,18 +8,17 @@ import argparse
 import pytest
 import torch
 
-from harness.factory import decode_state_size
-from harness.mqar import (
+from analyses.mqar import (
     IGNORE_INDEX,
     MQARConfig,
     MQARConfigError,
     MQARTrainConfig,
-    add_arguments,
     build_mqar_model,
     generate_mqar,
-    main,
     train_mqar,
 )
+from harness.cli.mqar import add_arguments, main
+from harness.core.factory import decode_state_size
 
 
 @pytest.fixture
@@ -99,7 +98,7 @@ def test_state_size_sums_the_mixers_contract():
 def test_whole_architecture_methods_train_too(one_thread):
     """Mamba (kind "model") is its own architecture: built by the factory at the same width, depth and
     vocabulary, its state sized by its registry entry."""
-    from harness.registry import get_method
+    from harness.core.registry import get_method
 
     data = MQARConfig(vocab_size=16, num_kv_pairs=2, seq_len=8)
     train = MQARTrainConfig(d_model=16, n_layers=2, steps=2, batch_size=4, eval_examples=8)

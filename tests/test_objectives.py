@@ -1,4 +1,4 @@
-"""Training objectives of the conversion recipes (harness/objectives.py)."""
+"""Training objectives of the conversion recipes (harness/training/objectives.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from harness import MixerLMConfig, MixerLMForCausalLM
-from harness.convert_model import convert_model
-from harness.objectives import ObjectiveError, make_objective, new_parameter_names
+from harness.conversion.mixer_swap import convert_model
+from harness.training.objectives import ObjectiveError, make_objective, new_parameter_names
 
 
 def teacher() -> MixerLMForCausalLM:
@@ -97,7 +97,7 @@ def test_bad_objective_inputs_are_named():
 
 @pytest.mark.parametrize("recipe", ["paper", "distill", "transfer"])
 def test_recipes_spend_the_compute_of_the_paper_budget(recipe):
-    from harness.recipes import objective_cost, recipe_stages
+    from harness.training.recipes import objective_cost, recipe_stages
 
     budget, rho = 1_000_000, 0.3
     stages = recipe_stages(recipe, budget, rho)
@@ -109,7 +109,7 @@ def test_recipes_spend_the_compute_of_the_paper_budget(recipe):
 
 
 def test_mixer_share_counts_only_mixer_parameters():
-    from harness.recipes import mixer_share
+    from harness.training.recipes import mixer_share
 
     t = teacher()
     mixer = sum(p.numel() for layer in t.model.layers for p in layer.mixer.parameters())

@@ -70,10 +70,34 @@ def table2_rows(acc: dict[str, float], seed_jitter: int = 2, scattered: bool = F
                 right[order[: int(p * N_ITEMS) + seed_jitter * seed]] = 1
                 value, se = right.mean(), right.std(ddof=1) / math.sqrt(N_ITEMS)
                 items = encode_items(list(range(N_ITEMS)), right.tolist())
-                rows.append(dict(model=method, method=method, seed=seed, task=task, metric="acc", value=value,
-                                 stderr=se, n=N_ITEMS, status="ok", items=items))
-            rows.append(dict(model=method, method=method, seed=seed, task="wsc", metric="acc", value=None,
-                             stderr=None, n=0, status="not available offline", items=None))
+                rows.append(
+                    dict(
+                        model=method,
+                        method=method,
+                        seed=seed,
+                        task=task,
+                        metric="acc",
+                        value=value,
+                        stderr=se,
+                        n=N_ITEMS,
+                        status="ok",
+                        items=items,
+                    )
+                )
+            rows.append(
+                dict(
+                    model=method,
+                    method=method,
+                    seed=seed,
+                    task="wsc",
+                    metric="acc",
+                    value=None,
+                    stderr=None,
+                    n=0,
+                    status="not available offline",
+                    items=None,
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -88,8 +112,15 @@ def write_table2(folder: Path, acc: dict[str, float], seed_jitter: int = 2, scat
 
 #: our accuracies in the paper's order of its average over piqa and arc_easy (DiJiang > PFF > Performer
 #: > Linformer > Cosformer > RetNet), with wide gaps
-PAPER_ORDER = {"softmax": 0.7, "dijiang": 0.8, "pff": 0.6, "performer": 0.5, "linformer": 0.4, "cosformer": 0.35,
-               "retnet": 0.3}
+PAPER_ORDER = {
+    "softmax": 0.7,
+    "dijiang": 0.8,
+    "pff": 0.6,
+    "performer": 0.5,
+    "linformer": 0.4,
+    "cosformer": 0.35,
+    "retnet": 0.3,
+}
 
 
 def test_table_carries_stderr_avg_and_unavailable_tasks(tmp_path):
@@ -114,6 +145,18 @@ def test_report_ranking_best_and_deltas_on_a_known_table(tmp_path):
     assert "**dijiang**" in best and "dijiang − pff" in best and "+0.200 ±" in best and "a significant lead" in best
     delta = next(x for x in text.splitlines() if x.startswith("| performer − dijiang"))
     assert delta.split("|")[2].strip().startswith("-0.300 ±")  # piqa: 0.505 - 0.805
+
+
+def test_methods_the_paper_lacks_are_listed_and_left_out_of_the_ranking(tmp_path):
+    """A method with no row in the paper (here ``mamba``, however good) is named "not in the paper";
+    the ranking against the paper still covers exactly the paper's 6 converted methods."""
+    text = "\n".join(table2_section(write_table2(tmp_path, {**PAPER_ORDER, "mamba": 0.95}), PAPER_DIR))
+    line = next(x for x in text.splitlines() if x.startswith("Not in the paper"))
+    assert "mamba" in line and "dijiang" not in line
+    ranking = next(x for x in text.splitlines() if x.startswith("- Ranking by mean accuracy"))
+    assert "tau = 1.00" in ranking and "p = 0.0028" in ranking  # 6 methods, mamba not among them
+    plain = "\n".join(table2_section(write_table2(tmp_path / "b", PAPER_ORDER), PAPER_DIR))
+    assert "Not in the paper" not in plain
 
 
 def test_a_lead_inside_the_item_noise_is_no_ranking(tmp_path):

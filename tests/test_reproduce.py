@@ -15,14 +15,17 @@ import json
 import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from harness import fingerprint
 from harness.cli import main
 from harness.pipeline.reproduce import ordered
-from harness.pipeline.spec import SpecError, experiment_names, load_experiment, load_profile
+from harness.pipeline.runners import RUNNERS, load_experiment, runner_params
+from harness.pipeline.spec import SpecError, experiment_names, load_profile
+from harness.util import fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -227,14 +230,99 @@ def test_bad_parameter_is_explained(tmp_path):
         load_experiment("table2_methods", "smoke", directory=tmp_path)
 
 
-def test_unknown_method_in_an_experiment_is_explained(tmp_path):
-    src = Path(__file__).resolve().parents[1] / "experiments"
+def edited_experiment(tmp_path: Path, name: str, old: str, new: str) -> Path:
+    """A copy of the experiments folder with ``old`` replaced by ``new`` in experiment ``name``."""
+    src = ROOT / "experiments"
     (tmp_path / "profiles.yaml").write_text((src / "profiles.yaml").read_text())
-    (tmp_path / "table2_methods.yaml").write_text(
-        (src / "table2_methods.yaml").read_text().replace("cosformer", "cosfomer")
+    text = (src / f"{name}.yaml").read_text()
+    assert old in text, (name, old)
+    (tmp_path / f"{name}.yaml").write_text(text.replace(old, new))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("profile", "old", "new"),
+    [("tiny", "cosformer", "cosfomer"), ("smoke", "window-linear]", "window-linaer]")],  # a list; an exclusion
+)
+def test_unknown_method_in_an_experiment_is_explained(tmp_path, profile, old, new):
+    directory = edited_experiment(tmp_path, "table2_methods", old, new)
+    with pytest.raises(SpecError, match=f"unknown method '{new.rstrip(']')}'; registered: .*dijiang"):
+        load_experiment("table2_methods", profile, directory=directory)
+
+
+def test_unknown_runner_is_explained(tmp_path):
+    directory = edited_experiment(tmp_path, "table2_methods", "runner: methods", "runner: method")
+    with pytest.raises(SpecError, match=r"table2_methods.yaml: unknown runner 'method'; known: \[.*'methods'"):
+        load_experiment("table2_methods", "smoke", directory=directory)
+
+
+def test_all_is_every_method_the_runner_takes_less_the_exclusions():
+    """``methods: all`` is resolved on load, once (:func:`harness.pipeline.runners.runner_params`):
+    Table 2 converts every convertible method and trains the others from scratch; MQAR and Fig. 4 take
+    every registered method; tiny keeps its explicit lists."""
+    from harness.core.registry import capabilities, list_methods
+
+    convertible = [m for m in list_methods() if capabilities(m)["convertible"]]
+    hybrids = ["sliding-window", "window-linear"]
+    table2 = runner_params(load_experiment("table2_methods", "paper"))
+    assert table2.methods == [m for m in convertible if m not in ["softmax", *hybrids]]
+    assert table2.from_scratch == [m for m in list_methods() if m not in convertible] == ["mamba"]
+    assert runner_params(load_experiment("table2_methods", "smoke")).methods == table2.methods
+    assert runner_params(load_experiment("recovery_curve", "paper")).methods == table2.methods
+    assert runner_params(load_experiment("mqar", "paper")).methods == [m for m in list_methods() if m not in hybrids]
+    for profile in ("smoke", "paper"):
+        assert runner_params(load_experiment("fig4_speed_memory", profile)).methods == list_methods()
+    tiny = runner_params(load_experiment("table2_methods", "tiny"))
+    assert tiny.methods == ["linformer", "cosformer", "performer", "retnet", "pff", "dijiang", "dijiang-official"]
+
+
+def test_all_where_a_runner_takes_only_a_list_is_explained(tmp_path):
+    listed = "methods: [softmax, performer, dijiang]"
+    directory = edited_experiment(tmp_path, "fig3_attention_maps", listed, "methods: all")
+    with pytest.raises(SpecError, match="runner 'attention_maps' takes an explicit list in 'methods', not 'all'"):
+        load_experiment("fig3_attention_maps", "smoke", directory=directory)
+
+
+def test_a_new_runner_module_registers_itself(tmp_path):
+    """A runner module and an experiment YAML, and nothing else, make a new experiment: in a copy of
+    the suite, ``reproduce --dry-run`` plans it."""
+    tree = copy_sources(tmp_path / "tree")
+    (tree / "harness" / "pipeline" / "runners" / "echo.py").write_text(
+        '''"""A throwaway runner."""
+
+from dataclasses import dataclass
+
+from harness.pipeline.runners.base import PlannedRun, Runner, register_runner
+
+
+@dataclass
+class EchoParams:
+    teacher: str
+
+
+@register_runner("echo")
+class EchoRunner(Runner):
+    Params = EchoParams
+
+    def plan(self, exp, p):
+        return [PlannedRun(f"echo-{p.teacher}", "pretrain", 1.0, 1.0)]
+'''
     )
-    with pytest.raises(SpecError, match="unknown method 'cosfomer'"):
-        load_experiment("table2_methods", "smoke", directory=tmp_path)
+    (tree / "experiments" / "echo.yaml").write_text(
+        "name: echo\npaper_ref: none\nrunner: echo\ndescription: a test\nparams: {}\nprofiles: {smoke: {teacher: s}}\n"
+    )
+    argv = ["reproduce", "--profile", "smoke", "--only", "echo", "--dry-run", "--results-dir", str(tmp_path / "out")]
+    out = subprocess.run(
+        [sys.executable, "-m", "harness", *argv],
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "echo-s" in out.stdout and "echo: would run: not run yet" in out.stdout
+    assert "echo" not in RUNNERS  # the copy's runner, not this tree's
 
 
 def test_method_options_reach_the_conversion_and_are_validated(smoke, tmp_path):

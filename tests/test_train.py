@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.convert_model import convert_model
+from harness.conversion.mixer_swap import convert_model
+from harness.core.modeling import MixerLMConfig, MixerLMForCausalLM
+from harness.core.registry import get_method, list_methods
 from harness.data import ByteTokenizer, CorpusError, TokenizerError
-from harness.modeling import MixerLMConfig, MixerLMForCausalLM
-from harness.registry import get_method, list_methods
-from harness.train import RunExistsError, TrainConfig, TrainConfigError, TrainingDiverged, train
+from harness.training.config import RunExistsError, TrainConfig, TrainConfigError, TrainingDiverged
+from harness.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
@@ -192,6 +193,31 @@ def test_shipped_configs_parse():
         assert cfg.total_steps >= 1 and cfg.lr_at(0) > 0
     accel = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
     assert {p.stem for p in accel} >= {"ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"}
+
+
+def test_the_config_hash_covers_every_training_module_and_not_the_command_line(tmp_path, monkeypatch):
+    """A run is keyed by the code that trains it: editing the config, the loop, checkpointing, an
+    objective, the schedule or the data pipeline gives a new hash (never a stale reuse); the CLI does not."""
+    import shutil
+
+    from harness.util import fingerprint
+
+    for pkg in ROOT.iterdir():
+        if pkg.is_dir() and (pkg / "__init__.py").is_file() and pkg.name not in fingerprint.NOT_CODE:
+            shutil.copytree(pkg, tmp_path / pkg.name, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(fingerprint, "SOURCE_ROOT", tmp_path)
+    cfg = TrainConfig(mixer="softmax", tokens=4096, block_size=64, batch_size=8)
+
+    def edited(path: str) -> str:
+        before = cfg.config_hash()
+        file = tmp_path / path
+        file.write_text(file.read_text() + "\n# edited\n")
+        return before
+
+    for module in ("config", "loop", "checkpoint", "objectives", "schedules"):
+        assert edited(f"harness/training/{module}.py") != cfg.config_hash(), module
+    assert edited("harness/data/packing.py") != cfg.config_hash()
+    assert edited("harness/cli/train.py") == cfg.config_hash()
 
 
 def test_lr_schedule_warmup_and_cosine():

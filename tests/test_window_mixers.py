@@ -12,10 +12,10 @@ import torch
 
 from baselines.sliding_window import extend_window
 from harness import MixerConfig, MixerLMConfig, MixerLMForCausalLM, build_mixer
-from harness.convert_model import attention_weights
-from harness.hf_cache import output_cache
-from harness.mixer import MixerConfigError
-from harness.objectives import new_parameter_names
+from harness.conversion.mixer_swap import attention_weights
+from harness.core.hf_cache import output_cache
+from harness.core.mixer import MixerConfigError
+from harness.training.objectives import new_parameter_names
 
 LINEAR_OUT = {"output": "linear"}  # dijiang with W_O only: no GroupNorm to hide a per-head scale error
 #: name -> (default method, its options, per-layer overrides); windows shorter than the test sequences

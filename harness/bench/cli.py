@@ -21,8 +21,8 @@ from harness.bench.store import ResultsFileError, ResultStore
 from harness.bench.supervise import is_command_line, supervise
 from harness.bench.sweep import Sweep, SweepSettings, resolve_device
 from harness.bench.workloads import PHASES
-from harness.io import atomic_write_json, atomic_write_text
-from harness.provenance import utc_now
+from harness.util.io import atomic_write_json, atomic_write_text
+from harness.util.provenance import utc_now
 
 DEFAULT_SHAPES = "tiny,pythia-410m"
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -165,7 +165,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _select_methods(spec: str, err: Any) -> list[str]:
-    from harness.registry import list_methods
+    from harness.core.registry import list_methods
 
     registered = list_methods()
     if spec.strip().lower() == "all":

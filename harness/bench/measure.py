@@ -13,7 +13,7 @@ Peak memory:
   memory when the run started — ``VmHWM`` of ``/proc/self/status`` after resetting it by writing
   ``5`` to ``/proc/self/clear_refs``, in the measuring process itself (no fresh process per point:
   that would cost a torch import each). So that freed memory really leaves the process, glibc runs
-  under the ``"return"`` policy of :func:`harness.timing.set_malloc_policy` (every allocation of
+  under the ``"return"`` policy of :func:`harness.util.timing.set_malloc_policy` (every allocation of
   64 KiB or more by ``mmap``, which also stops glibc raising that threshold) and free heap pages are
   returned (``malloc_trim``) before each measurement. This counts everything the run touches
   (tensors, oneDNN/OpenMP buffers, Python objects), not only tensors.
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness.timing import libc, set_malloc_policy, synchronize, time_once
+from harness.util.timing import libc, set_malloc_policy, synchronize, time_once
 
 CPU_RSS_METHOD = (
     "cpu: peak resident memory (VmHWM reset via /proc/self/clear_refs) above the RSS at the run's start, "

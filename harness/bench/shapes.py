@@ -2,7 +2,7 @@
 
 A *layer* shape is one decoder block (norms, token mixer, MLP) of a published model, with random
 weights — no checkpoint is downloaded — fed random hidden states. A *model* shape is a whole
-:class:`~harness.modeling.MixerLMForCausalLM` (embedding, every block, head) fed token ids, measured
+:class:`~harness.core.modeling.MixerLMForCausalLM` (embedding, every block, head) fed token ids, measured
 end to end. Dimensions are those of the public Hugging Face configs: Pythia (Biderman et al. 2023,
 ``EleutherAI/pythia-*``, GPT-NeoX layout, rotary on 25% of each head, max 2048 positions) and
 LLaMA2-7B (Touvron et al. 2023, ``meta-llama/Llama-2-7b-hf``, max 4096 positions).
@@ -27,7 +27,7 @@ class UnknownShapeError(KeyError):
 
 @dataclass(frozen=True)
 class Shape:
-    """A benchmark shape: ``config`` holds :class:`~harness.modeling.MixerLMConfig` keyword arguments
+    """A benchmark shape: ``config`` holds :class:`~harness.core.modeling.MixerLMConfig` keyword arguments
     (without ``mixer``); ``native_max_len`` is the source model's trained context length."""
 
     name: str

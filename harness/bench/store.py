@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.io import atomic_write_json
+from harness.util.io import atomic_write_json
 
 FORMAT = "harness-bench/1"
 KEY_FIELDS: tuple[str, ...] = ("settings_key", "shape", "method", "seq_len", "phase")

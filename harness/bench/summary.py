@@ -8,7 +8,7 @@ from typing import Any
 
 from harness.bench.analysis import REFERENCE, analyse, ok_rows
 
-#: provenance keys of rows written before the suite's keys were unified (harness.provenance) -> old name
+#: provenance keys of rows written before the suite's keys were unified (harness.util.provenance) -> old name
 LEGACY_KEYS: dict[str, str] = {"torch": "torch_version", "transformers": "transformers_version", "cpu": "cpu_model"}
 
 

@@ -33,7 +33,6 @@ from typing import Any
 
 import torch
 
-from harness.architecture import UnsupportedMethodError
 from harness.bench import measure
 from harness.bench.shapes import Shape
 from harness.bench.store import ResultStore, row_key
@@ -48,11 +47,12 @@ from harness.bench.workloads import (
     param_count,
     weights_bytes,
 )
-from harness.io import atomic_write_json
-from harness.mixer import MixerConfigError
-from harness.provenance import device_name, environment, utc_now
-from harness.registry import get_method
-from harness.timing import time_once
+from harness.core.architecture import UnsupportedMethodError
+from harness.core.mixer import MixerConfigError
+from harness.core.registry import get_method
+from harness.util.io import atomic_write_json
+from harness.util.provenance import device_name, environment, utc_now
+from harness.util.timing import time_once
 
 BENCH_VERSION = 2
 #: skip kinds that a later run retries automatically when its budget is larger

@@ -1,11 +1,11 @@
 """What is timed: prefill, decoding and a training step of one method at one shape and length.
 
 Each phase is a :class:`Phase` holding a ``setup`` (builds the inputs, outside the timed region) and
-a ``run`` (the timed work). Layer shapes run :class:`~harness.modeling.MixerLMModel` with one block on
-random hidden states; model shapes run :class:`~harness.modeling.MixerLMForCausalLM` on token ids.
+a ``run`` (the timed work). Layer shapes run :class:`~harness.core.modeling.MixerLMModel` with one block on
+random hidden states; model shapes run :class:`~harness.core.modeling.MixerLMForCausalLM` on token ids.
 
 * prefill: one forward pass over ``L`` tokens under ``torch.inference_mode``, returning the
-  decoding cache (a :class:`~harness.modeling.MixerCache`); for whole models only the last position's
+  decoding cache (a :class:`~harness.core.modeling.MixerCache`); for whole models only the last position's
   logits are computed (``logits_to_keep=1``), as generation does.
 * decode: ``n`` tokens, one at a time, continuing from the prompt's cache with
   ``model(..., cache=cache, use_cache=True)`` — the KV cache for softmax, the recurrent
@@ -27,12 +27,12 @@ import torch
 from torch import nn
 
 from harness.bench.shapes import Shape
-from harness.factory import ModelSpec, decode_state_size
-from harness.factory import build_model as build_from_spec
-from harness.hf_cache import cache_kwarg, output_cache
-from harness.modeling import MixerCache, MixerLMConfig, MixerLMForCausalLM, MixerLMModel
-from harness.registry import get_method, is_architecture
-from harness.tensor_tree import tensors_in
+from harness.core.factory import ModelSpec, decode_state_size
+from harness.core.factory import build_model as build_from_spec
+from harness.core.hf_cache import cache_kwarg, output_cache
+from harness.core.modeling import MixerCache, MixerLMConfig, MixerLMForCausalLM, MixerLMModel
+from harness.core.registry import get_method, is_architecture
+from harness.util.tensor_tree import tensors_in
 
 PHASES: tuple[str, ...] = ("prefill", "decode", "train")
 
@@ -56,7 +56,7 @@ def build_config(shape: Shape, method: str, max_seq_len: int) -> MixerLMConfig:
 
 def build_model(shape: Shape, method: str, max_seq_len: int, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """Random-weight model of ``shape`` with ``method`` (seeded, eval mode, on ``device``/``dtype``),
-    built by :func:`harness.factory.build_model`: the suite's decoder holding the method (one block
+    built by :func:`harness.core.factory.build_model`: the suite's decoder holding the method (one block
     without a head for a layer shape), or — for a method of kind ``model`` (a whole architecture, e.g.
     Mamba) — that architecture sized to the softmax model of the shape's parameter count (for a
     layer shape the config has one block, so the model matches one block's parameter count).
@@ -70,7 +70,7 @@ def build_model(shape: Shape, method: str, max_seq_len: int, device: torch.devic
 
 
 def declared_state_size(model: nn.Module, seq_len: int, method: str) -> int | None:
-    """:func:`harness.factory.decode_state_size` after ``seq_len`` tokens (numbers per sequence), or
+    """:func:`harness.core.factory.decode_state_size` after ``seq_len`` tokens (numbers per sequence), or
     None for a mixer that declares none."""
     try:
         return decode_state_size(model, seq_len, method)

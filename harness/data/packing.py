@@ -34,7 +34,7 @@ from transformers import PreTrainedTokenizerBase
 
 from harness.data.corpus import Corpus, CorpusError, Document
 from harness.data.tokenizer import ByteTokenizer, tokenizer_identity
-from harness.io import atomic_open, atomic_write_text
+from harness.util.io import atomic_open, atomic_write_text
 
 PACKING_VERSION = 1
 DEFAULT_CACHE_DIR = Path(os.environ.get("DIJIANG_CACHE", Path.home() / ".cache" / "dijiang-suite")) / "tokens"

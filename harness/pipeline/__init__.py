@@ -1,1 +1,2 @@
-"""Experiment pipeline: definitions, shared stages, runners, the reproduce command."""
+"""Experiment pipeline: definitions (``spec``), shared stages, runners (one module each, ``runners/``), the
+reproduce and teachers libraries (their command lines are in :mod:`harness.cli`)."""

@@ -1,5 +1,5 @@
-"""``python -m harness reproduce``: run the paper's experiments at a profile, write the report, and
-compare the run with the committed reference.
+"""Run the paper's experiments at a profile, write the report, and compare the run with the committed
+reference (:func:`reproduce`; the command line is ``python -m harness reproduce``, :mod:`harness.cli.reproduce`).
 
 Where things go (see ``results/README.md``):
 
@@ -15,7 +15,7 @@ Where things go (see ``results/README.md``):
 
 Every experiment is validated before anything runs. A finished experiment is recorded in
 ``<experiment>/meta.json`` with the hash of its definition and the fingerprint of the code that
-produced it (:mod:`harness.fingerprint`); running again reuses it only when both still match, and
+produced it (:mod:`harness.util.fingerprint`); running again reuses it only when both still match, and
 says why when it does not. Every training run inside is reused or resumed (see
 :mod:`harness.pipeline.stages`), so the command is idempotent and can be killed and restarted at
 any point. ``--dry-run`` prints the plan (runs, tokens, estimated GPU-hours) and what would run,
@@ -24,7 +24,6 @@ without running anything (the ``paper`` profile's way to check a cluster job bef
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import datetime as dt
@@ -37,14 +36,13 @@ from typing import Any, TextIO
 
 import torch
 
-from harness.fingerprint import Fingerprint, describe_change
-from harness.io import atomic_write_json, atomic_write_text
 from harness.pipeline import stages
 from harness.pipeline.progress import Progress, capture_output
-from harness.pipeline.runner import PlannedRun
-from harness.pipeline.runners import RUNNERS
-from harness.pipeline.spec import PROFILES, Experiment, Profile, experiment_names, load_experiment, load_profile
-from harness.provenance import environment
+from harness.pipeline.runners import PlannedRun, get_runner, load_experiment, runner_params
+from harness.pipeline.spec import Experiment, Profile, experiment_names, load_profile
+from harness.util.fingerprint import Fingerprint, describe_change
+from harness.util.io import atomic_write_json, atomic_write_text
+from harness.util.provenance import environment
 
 #: run order: later experiments reuse the runs of earlier ones
 ORDER: tuple[str, ...] = (
@@ -90,7 +88,7 @@ def print_plan(exps: list[Experiment]) -> list[PlannedRun]:
     seen: dict[str, PlannedRun] = {}
     print(f"{'experiment':<20} {'run':<34} {'kind':<9} {'params':>9} {'tokens':>10} {'GPU-h':>8}")
     for exp in exps:
-        for r in RUNNERS[exp.runner].plan(exp, exp.runner_params()):
+        for r in get_runner(exp).plan(exp, runner_params(exp)):
             shared = r.label in seen
             seen.setdefault(r.label, r)
             note = " (shared)" if shared else ""
@@ -128,7 +126,7 @@ def definition_hash(exp: Experiment) -> str:
 
 def code_fingerprint(exp: Experiment) -> Fingerprint:
     """The fingerprint of the code an experiment's results depend on (:meth:`Runner.code_fingerprint`)."""
-    return RUNNERS[exp.runner].code_fingerprint(exp, exp.runner_params())
+    return get_runner(exp).code_fingerprint(exp, runner_params(exp))
 
 
 def why_run(exp: Experiment, out: Path, force: bool = False) -> str | None:
@@ -177,7 +175,7 @@ def run_experiment(
     atomic_write_json(marker, {"definition_hash": key, "code_fingerprint": code.digest})
     (out / "meta.json").unlink(missing_ok=True)  # until it is complete again, it is not up to date
     start = time.time()
-    output = RUNNERS[exp.runner].run(exp, exp.runner_params(), dataclasses.replace(ctx, fresh=fresh))
+    output = get_runner(exp).run(exp, runner_params(exp), dataclasses.replace(ctx, fresh=fresh))
     for name, frame in output.tables.items():
         atomic_write_text(out / f"{name}.csv", frame.to_csv(index=False))
         if name == "table":
@@ -256,39 +254,6 @@ def reference_verdict(ref: Path, root: Path, exps: list[Experiment]) -> str:
     return f"compared with the reference {shown(ref)}: {verdict}; details: {shown(path)}"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``python -m harness reproduce``."""
-    parser.add_argument("--profile", default="tiny", choices=PROFILES, help="scale to run at (default: tiny)")
-    parser.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="run only these experiments")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="validate, print the plan and what would run; run nothing"
-    )
-    parser.add_argument("--force", action="store_true", help="re-run experiments even if up to date")
-    parser.add_argument(
-        "--results-dir",
-        type=Path,
-        metavar="DIR",
-        default=stages.RUNS_DIR,
-        help="write to DIR/<profile>/ (default: runs/, so runs/<profile>/; `--results-dir results` refreshes "
-        "the committed reference results/<profile>/)",
-    )
-    parser.add_argument(
-        "--data",
-        metavar="PATH",
-        help="run on your own corpus (a folder of text files, a .txt/.jsonl file, or hf:NAME[:CONFIG]) instead of "
-        "the profile's; written to DIR/data-<corpus hash>/<profile>/ and not compared with the reference",
-    )
-    parser.add_argument(
-        "--verbose",
-        action="store_true",
-        help="print what the experiments print (evaluation, benchmarks, libraries) here instead of into "
-        "<run folder>/reproduce.log",
-    )
-    parser.add_argument(
-        "--progress", action="store_true", help="show each training run's progress bar (implies --verbose)"
-    )
-
-
 def _estimates(names: list[str], roots: list[Path]) -> dict[str, float]:
     """An earlier wall time per experiment: from the first of ``roots`` that has its ``meta.json``."""
     found: dict[str, float] = {}
@@ -301,16 +266,28 @@ def _estimates(names: list[str], roots: list[Path]) -> dict[str, float]:
     return found
 
 
-def main(args: argparse.Namespace) -> int:
-    """Validate, run (or ``--dry-run``), report and compare; see the module docstring."""
-    profile: Profile = load_profile(args.profile)
+def reproduce(
+    profile_name: str,
+    only: list[str] | None = None,
+    *,
+    dry_run: bool = False,
+    force: bool = False,
+    results_dir: Path = stages.RUNS_DIR,
+    data: str | None = None,
+    verbose: bool = False,
+    progress: bool = False,
+) -> int:
+    """Validate every experiment (``only`` these), then run them (or with ``dry_run`` print the plan),
+    write the report and compare the run with the committed reference; see the module docstring.
+    ``force``: re-run up-to-date experiments; ``data``: the user's corpus instead of the profile's;
+    ``verbose``: the experiments' output here, not in the log; ``progress``: each training run's bar."""
+    profile: Profile = load_profile(profile_name)
     own_data = profile.data
-    results_dir: Path = args.results_dir
     notes: tuple[str, ...] = ()
-    if args.data:
+    if data:
         from harness.data.corpus import load_corpus
 
-        spec = args.data if args.data.startswith("hf:") else str(Path(args.data).expanduser().resolve())
+        spec = data if data.startswith("hf:") else str(Path(data).expanduser().resolve())
         corpus = load_corpus(spec)  # a clear CorpusError (exit status 2) when it cannot be read
         results_dir = results_dir / f"data-{corpus.meta['hash'][:DATA_HASH_LENGTH]}"
         notes = (
@@ -318,37 +295,37 @@ def main(args: argparse.Namespace) -> int:
             f"{corpus.meta.get('files')} documents), not the profile's own ({profile.data}).",
         )
         profile = dataclasses.replace(profile, data=spec)
-    names = args.only or experiment_names()
+    names = only or experiment_names()
     exps = [load_experiment(n, profile) for n in ordered(list(dict.fromkeys(names)))]  # validates all first
-    ctx = stages.Context(profile, results_dir=results_dir, progress=args.progress)
+    ctx = stages.Context(profile, results_dir=results_dir, progress=progress)
     say(f"profile {profile.name}: {profile.description}")
-    if args.data:
+    if data:
         say(f"corpus: {profile.data} (instead of {own_data})")
     say(f"experiments: {', '.join(e.name for e in exps)}")
     say(f"run folder: {shown(ctx.root)}")
-    if args.dry_run:
+    if dry_run:
         print_plan(exps)
         print()
         for exp in exps:
-            reason = why_run(exp, ctx.root / exp.name, args.force)
+            reason = why_run(exp, ctx.root / exp.name, force)
             say(f"{exp.name}: {'up to date' if reason is None else 'would run: ' + reason}")
         return 0
     if profile.device == "cuda" and not torch.cuda.is_available():
-        from harness.errors import UserError
+        from harness.util.errors import UserError
 
         raise UserError(
             f"profile {profile.name!r} needs CUDA GPUs (run it under `accelerate launch` on a GPU machine); use "
             "--dry-run here to check its plan."
         )
     start = time.time()
-    ran = _run_all(exps, ctx, args, notes)
+    ran = _run_all(exps, ctx, notes, force=force, verbose=verbose or progress, bars=progress)
     from harness.report.report import write_report
 
     report = write_report(profile.name, results_dir)
     reused = len(exps) - ran
     say(f"finished in {time.time() - start:.0f}s: {ran} experiment(s) ran, {reused} reused; report: {shown(report)}")
     ref = stages.RESULTS_DIR / profile.name
-    if args.data:
+    if data:
         say(
             f"not compared with the reference {shown(ref)}: it was made on the profile's own corpus "
             f"({own_data}), this run on {profile.data}"
@@ -362,9 +339,11 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_all(exps: list[Experiment], ctx: stages.Context, args: argparse.Namespace, notes: tuple[str, ...]) -> int:
+def _run_all(
+    exps: list[Experiment], ctx: stages.Context, notes: tuple[str, ...], *, force: bool, verbose: bool, bars: bool
+) -> int:
     """Run every experiment with one progress display; the rest of the output goes to the log
-    unless ``--verbose``/``--progress``. Returns how many ran."""
+    unless ``verbose`` (``bars``: the training runs draw their own progress bars). Returns how many ran."""
     from transformers.utils import logging as hf_logging
 
     bars_were_on = hf_logging.is_progress_bar_enabled()
@@ -372,11 +351,10 @@ def _run_all(exps: list[Experiment], ctx: stages.Context, args: argparse.Namespa
     names = [e.name for e in exps]
     estimates = _estimates(names, [ctx.root, stages.RESULTS_DIR / ctx.profile.name])
     log = ctx.root / "reproduce.log"
-    verbose = args.verbose or args.progress
     ran, current = 0, ""
     try:
         with _quiet(log, verbose) as (out, _err):
-            monitor = Progress(names, estimates, out, live=False if args.progress else None)  # bars of its own
+            monitor = Progress(names, estimates, out, live=False if bars else None)  # bars of its own
             ctx = dataclasses.replace(ctx, monitor=monitor)
             if not verbose:
                 monitor.say(f"[reproduce] the experiments' own output goes to {shown(log)}")
@@ -384,7 +362,7 @@ def _run_all(exps: list[Experiment], ctx: stages.Context, args: argparse.Namespa
                 for exp in exps:
                     current = exp.name
                     tag = monitor.begin(exp.name)
-                    did = run_experiment(exp, ctx, force=args.force, notes=notes, tag=tag)
+                    did = run_experiment(exp, ctx, force=force, notes=notes, tag=tag)
                     monitor.end(exp.name, did)
                     ran += did
             finally:

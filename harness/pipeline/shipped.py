@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UserError
 from harness.pipeline.spec import Teacher
-from harness.provenance import REPO_ROOT
+from harness.util.errors import UserError
+from harness.util.provenance import REPO_ROOT
 
 
 def sha256_file(path: Path) -> str:

@@ -1,11 +1,13 @@
-"""Experiment definitions and profiles, loaded from ``experiments/*.yaml`` and validated on load.
+"""Experiment definitions and profiles, loaded from ``experiments/*.yaml``: their structure, checked on read.
 
 A *profile* (``experiments/profiles.yaml``) fixes the scale: data, tokenizer, block and batch
 size, learning rates, named teacher shapes (or hub checkpoints) and evaluation tasks. An
 *experiment* (one YAML file per paper result) names a runner, default parameters, and per-profile
-overrides. Each runner declares its parameters as a dataclass (:mod:`harness.pipeline.runners`), so
-a misspelt key, an unknown teacher or an unregistered method is an error at load time, with the
-fix in the message.
+overrides. This module reads both and checks what needs no runner (keys, names, the profile's
+teachers and method options); it imports no runner. The runner registry
+(:func:`harness.pipeline.runners.load_experiment`) validates the rest: the runner's name and its
+parameters (each runner declares them as a dataclass), so a misspelt key, an unknown teacher or an
+unregistered method is an error at load time, with the fix in the message.
 """
 
 from __future__ import annotations
@@ -67,29 +69,17 @@ class Profile:
 
 @dataclass
 class Experiment:
+    """An experiment at a profile, as read (:func:`read_experiment`); its runner's typed parameters
+    are :func:`harness.pipeline.runners.runner_params`."""
+
     name: str
     paper_ref: str
     runner: str
     description: str
     params: dict[str, Any]  # defaults merged with the profile's overrides
     profile: Profile
-
-    def runner_params(self) -> Any:
-        """The runner's typed parameters (validated)."""
-        from harness.pipeline.runners import RUNNERS
-
-        params_cls = RUNNERS[self.runner].Params
-        known = {f.name for f in dataclasses.fields(params_cls)}
-        unknown = sorted(set(self.params) - known)
-        if unknown:
-            raise SpecError(
-                f"experiment {self.name!r}: unknown parameter(s) {unknown} for runner {self.runner!r}; "
-                f"known: {sorted(known)}."
-            )
-        try:
-            return params_cls(**self.params)
-        except TypeError as err:
-            raise SpecError(f"experiment {self.name!r}: {err}") from None
+    #: the YAML file it was read from (for messages)
+    path: Path | None = None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -129,7 +119,7 @@ def load_profile(name: str, directory: Path | None = None) -> Profile:
     missing, unknown = sorted(required - set(raw)), sorted(set(raw) - fields)
     if missing or unknown:
         raise SpecError(f"profile {name!r}: missing {missing}, unknown {unknown} keys.")
-    from harness.registry import list_methods
+    from harness.core.registry import list_methods
 
     for method, opts in (raw.get("method_options") or {}).items():
         if method not in list_methods() or not isinstance(opts, dict):
@@ -146,10 +136,10 @@ def experiment_names(directory: Path | None = None) -> list[str]:
     return sorted(p.stem for p in directory.glob("*.yaml") if p.stem != "profiles")
 
 
-def load_experiment(name: str, profile: str | Profile, directory: Path | None = None) -> Experiment:
-    """Experiment ``name`` at ``profile``, validated (runner, parameters, teachers, methods)."""
-    from harness.pipeline.runners import RUNNERS
-
+def read_experiment(name: str, profile: str | Profile, directory: Path | None = None) -> Experiment:
+    """Experiment ``name`` at ``profile``, read and structurally checked (keys, name, the profile's
+    overrides); its runner and parameters are validated by :func:`harness.pipeline.runners.load_experiment`,
+    the function to load an experiment with."""
     directory = EXPERIMENTS_DIR if directory is None else directory
     path = directory / f"{name}.yaml"
     if not path.exists():
@@ -161,12 +151,14 @@ def load_experiment(name: str, profile: str | Profile, directory: Path | None = 
             raise SpecError(f"{path}: missing key {key!r}.")
     if raw["name"] != name:
         raise SpecError(f"{path}: name {raw['name']!r} must equal the file name {name!r}.")
-    if raw["runner"] not in RUNNERS:
-        raise SpecError(f"{path}: unknown runner {raw['runner']!r}; known: {sorted(RUNNERS)}.")
+    if not isinstance(raw["runner"], str):
+        raise SpecError(f"{path}: runner must be a runner's name, not {raw['runner']!r}.")
     overrides = (raw.get("profiles") or {}).get(prof.name)
     if overrides is None:
         raise SpecError(f"experiment {name!r} is not defined for profile {prof.name!r}.")
+    for where, value in (("params", raw.get("params") or {}), (f"profiles.{prof.name}", overrides)):
+        if not isinstance(value, dict):
+            raise SpecError(f"{path}: {where} must map parameter names to values, not {type(value).__name__}.")
     params = {**(raw.get("params") or {}), **overrides}
-    exp = Experiment(name, raw["paper_ref"], raw["runner"], " ".join(str(raw["description"]).split()), params, prof)
-    RUNNERS[exp.runner].validate(exp, exp.runner_params())
-    return exp
+    description = " ".join(str(raw["description"]).split())
+    return Experiment(name, raw["paper_ref"], raw["runner"], description, params, prof, path=path)

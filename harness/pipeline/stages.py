@@ -6,10 +6,10 @@
 * :func:`evaluate_model` — lm-eval scores of a trained model, cached next to it.
 
 Runs live in ``<results dir>/<profile>/runs/<label>-<config hash>/`` (``runs/<profile>/runs/`` by
-default; never committed): a finished run is reused, a killed one resumes (see :mod:`harness.train`),
+default; never committed): a finished run is reused, a killed one resumes (see :mod:`harness.training.train`),
 so ``reproduce.sh`` can be stopped and started at any time. Two experiments asking for the same run
 (table 1's middle teacher is table 2's teacher) share it. The config hash covers the code that
-trains the run (:meth:`harness.train.TrainConfig.config_hash`), and an evaluation's cache key the
+trains the run (:meth:`harness.training.train.TrainConfig.config_hash`), and an evaluation's cache key the
 evaluation code, so editing a method or the training code gives new runs instead of reusing stale
 ones.
 """
@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.fingerprint import fingerprint, method_modules
-from harness.io import atomic_write_json
 from harness.pipeline.shipped import verify
 from harness.pipeline.spec import Profile, Teacher
-from harness.provenance import REPO_ROOT
-from harness.train import StepInfo, TrainConfig, TrainResult, train
+from harness.training.config import StepInfo, TrainConfig, TrainResult
+from harness.training.loop import train
+from harness.util.fingerprint import fingerprint, method_modules
+from harness.util.io import atomic_write_json
+from harness.util.provenance import REPO_ROOT
 
 if TYPE_CHECKING:
     from harness.pipeline.progress import Progress
@@ -146,7 +147,7 @@ def teacher_config(ctx: Context, t: Teacher, seed: int = 0, tokens: float | None
 
 def teacher(ctx: Context, t: Teacher, seed: int = 0) -> Run | str:
     """The teacher: its hub checkpoint id, its shipped model directory (checked, see
-    :func:`harness.pipeline.teachers.verify`), or a run training its shape here."""
+    :func:`harness.pipeline.shipped.verify`), or a run training its shape here."""
     if t.pretrained:
         return t.checkpoint  # type: ignore[return-value]
     if t.shipped:
@@ -180,16 +181,16 @@ def convert(ctx: Context, t: Teacher, teacher_run: Run | str, method: str, fract
 def convert_with_recipe(
     ctx: Context, t: Teacher, teacher_run: Run | str, method: str, fraction: float, recipe: str, seed: int = 0
 ) -> Run:
-    """Convert the teacher to ``method`` and train it with ``recipe`` (:mod:`harness.recipes`) at the
+    """Convert the teacher to ``method`` and train it with ``recipe`` (:mod:`harness.training.recipes`) at the
     compute of the ``paper`` recipe on ``fraction`` of the teacher's tokens: each stage is a training
     run of its own (reused and resumed like any other), the next starting from the previous model.
     ``paper`` is :func:`convert` itself (the same run). Raises
-    :class:`~harness.objectives.ObjectiveError` where the recipe does not apply to the method
+    :class:`~harness.training.objectives.ObjectiveError` where the recipe does not apply to the method
     (``transfer`` for a method with no parameters of its own)."""
     if recipe == "paper":
         return convert(ctx, t, teacher_run, method, fraction, seed)
-    from harness.factory import load_model
-    from harness.recipes import mixer_share, recipe_stages
+    from harness.core.factory import load_model
+    from harness.training.recipes import mixer_share, recipe_stages
 
     teacher_path = _source(teacher_run)
     step = ctx.profile.batch_size * ctx.profile.block_size
@@ -255,8 +256,8 @@ def scratch_control(
 
 def _hub_shape(t: Teacher) -> dict[str, Any]:
     """A pretrained teacher's shape as a MixerLM config dict (its checkpoint's config, converted)."""
-    from harness.convert import config_from_hf
-    from harness.factory import teacher_config
+    from harness.conversion.hf_checkpoint import config_from_hf
+    from harness.core.factory import teacher_config
 
     d = config_from_hf(teacher_config(t.checkpoint), "softmax").to_dict()
     return {k: v for k, v in d.items() if k not in ("model_type", "transformers_version", "architectures")}
@@ -265,12 +266,12 @@ def _hub_shape(t: Teacher) -> dict[str, Any]:
 def untrained_conversion(ctx: Context, t: Teacher, teacher_run: Run | str, method: str) -> str:
     """Control (c): the teacher converted to ``method`` before any training ("step 0"), saved once
     (with the teacher's tokenizer) and returned as a model directory."""
+    from harness.core.factory import ModelSpec, build_model
     from harness.data.tokenizer import load_tokenizer
-    from harness.factory import ModelSpec, build_model
 
     source = _source(teacher_run)
     options = dict(ctx.profile.method_options.get(method, {}))
-    key = config_key([source, method, options, fingerprint(["harness.factory", *method_modules([method])]).digest])
+    key = config_key([source, method, options, fingerprint(["harness.core.factory", *method_modules([method])]).digest])
     out = ctx.runs / f"step0-{t.name}-{method}-{key}"
     if not (out / "model" / "config.json").is_file():
         tmp = out / "model.tmp"
@@ -300,11 +301,12 @@ def evaluate_model(
     ``max_length`` overrides it): the length every model was trained on. Longer windows would
     measure length extrapolation (which the softmax teacher's rotary positions do badly past their
     training length) instead of the conversion."""
-    from harness.evaluate import evaluate, load_model
+    from harness.core.factory import load_model
+    from harness.evaluation.evaluate import evaluate
 
     ev = {**ctx.profile.eval, **({"tasks": tasks} if tasks else {})}
     max_length = int(ev.get("max_length") or ctx.profile.block_size)
-    key = config_key([ev, ctx.profile.data, max_length, fingerprint(["harness.evaluate"]).digest])
+    key = config_key([ev, ctx.profile.data, max_length, fingerprint(["harness.evaluation.evaluate"]).digest])
     if isinstance(run, Run):
         cache = Path(run.result.out_dir) / f"eval-{key}.json"
         model_path = run.model_dir
@@ -313,7 +315,7 @@ def evaluate_model(
         model_path = run
     if cache.exists():
         return json.loads(cache.read_text())["rows"]
-    from harness.lm_eval_tasks.data import OfflineDataSpec
+    from harness.evaluation.lm_eval_tasks.data import OfflineDataSpec
 
     model = load_model(str(model_path))
     result = evaluate(

@@ -17,12 +17,11 @@ tokens, the corpus hash, the weights' sha256, the whole curve and its wall time.
 the curve. A profile names the shipped directory under its teacher's ``shipped:`` key. The pipeline
 then converts the shipped weights, after :func:`harness.pipeline.shipped.verify` checks them.
 
-``python -m harness teachers --profile tiny --teacher tiny-m`` runs both.
+``python -m harness teachers --profile tiny --teacher tiny-m`` runs both (:mod:`harness.cli.teachers`).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
@@ -30,12 +29,12 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness.errors import UserError
-from harness.io import atomic_write_json, atomic_write_text
 from harness.pipeline.shipped import sha256_file
-from harness.pipeline.spec import Profile, Teacher, load_profile
+from harness.pipeline.spec import Profile, Teacher
 from harness.pipeline.stages import Context, Run, run_training, teacher_config
-from harness.provenance import REPO_ROOT, commit_label
+from harness.util.errors import UserError
+from harness.util.io import atomic_write_json, atomic_write_text
+from harness.util.provenance import REPO_ROOT, commit_label
 
 #: where shipped teachers live (``teachers/<profile>/<name>-v<N>/``)
 TEACHERS_DIR = REPO_ROOT / "teachers"
@@ -146,37 +145,3 @@ def ship(
     atomic_write_text(tmp / "curve.csv", curve_csv(curve))
     tmp.rename(dest)
     return dest
-
-
-# -- command line -----------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default="tiny", help="profile whose teacher shape to train (default: tiny)")
-    parser.add_argument("--teacher", required=True, help="teacher name in the profile, e.g. tiny-m")
-    parser.add_argument("--start-tokens", type=float, default=2**20, help="first budget of the curve (default: 2^20)")
-    parser.add_argument("--threshold", type=float, default=THRESHOLD, help="stop when a doubling gains less")
-    parser.add_argument("--max-doublings", type=int, default=6, help="give up doubling after this many")
-    parser.add_argument("--runs-dir", type=Path, default=None, help="where the curve's runs go (default: runs/)")
-    parser.add_argument("--no-ship", action="store_true", help="measure the curve only, ship nothing")
-
-
-def main(args: argparse.Namespace) -> int:
-    from harness.pipeline.stages import RUNS_DIR
-
-    profile = load_profile(args.profile)
-    t = profile.teacher(args.teacher)
-    if not t.shape:
-        raise UserError(f"teacher {t.name!r} is a hub checkpoint; only shapes trained here can be converged.")
-    ctx = Context(profile, results_dir=args.runs_dir or RUNS_DIR, progress=True)
-    curve, run, converged = converge(
-        ctx, t, start_tokens=int(args.start_tokens), threshold=args.threshold, max_doublings=args.max_doublings
-    )
-    for p in curve:
-        gain = "" if p.gain is None else f"  (doubling gained {100 * p.gain:.1f} %)"
-        print(f"{p.tokens:>12,d} tokens  {p.val_bpb:.4f} validation bits per byte  {p.wall_time_s:7.0f} s{gain}")
-    if converged:
-        print(f"converged: {run.tokens:,d} tokens (doubling them gained less than {100 * args.threshold:g} %)")
-    else:
-        print(f"NOT converged after {args.max_doublings} doublings: {run.tokens:,d} tokens still paid")
-    if not args.no_ship:
-        print(f"shipped: {ship(profile, t, run, curve, converged).relative_to(REPO_ROOT)}")
-    return 0

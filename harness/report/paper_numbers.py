@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.io import atomic_write_text
+from harness.util.io import atomic_write_text
 
 SOURCES: dict[str, str] = {
     "table1_scale": "DiJiang arXiv 2403.19928 v2, Table 1",

@@ -28,9 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.io import atomic_write_text
-from harness.lm_eval_tasks import OFFLINE_TASKS, UNAVAILABLE
-from harness.lm_eval_tasks.bundled import official_name
+from harness.evaluation.lm_eval_tasks import OFFLINE_TASKS, UNAVAILABLE
+from harness.evaluation.lm_eval_tasks.bundled import official_name
 from harness.report.paper_numbers import WSC_CONSTANT_CLASS_COUNTS, WSC_EXAMPLES
 from harness.report.stats import (
     ALPHA,
@@ -44,6 +43,7 @@ from harness.report.stats import (
     score,
 )
 from harness.report.tables import task_columns
+from harness.util.io import atomic_write_text
 
 PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
 #: our method names -> the paper's row names (Table 2)
@@ -201,8 +201,7 @@ def ours_markdown(table: pd.DataFrame, keys: list[str], extra: list[str] = ()) -
         n = pd.to_numeric(table[f"{task} n"], errors="coerce")
         header = f"{task} (n={int(n.max())})" if n.max() > 0 else task
         out[header] = [
-            UNAVAILABLE if not (c > 0) else _cell(v, se)
-            for v, se, c in zip(table[task], table[f"{task} stderr"], n)
+            UNAVAILABLE if not (c > 0) else _cell(v, se) for v, se, c in zip(table[task], table[f"{task} stderr"], n)
         ]
     if "avg" in table.columns:
         k = pd.to_numeric(table.get("avg tasks"), errors="coerce").max()
@@ -266,7 +265,7 @@ def _methods(table: pd.DataFrame) -> list[str]:
 
 def _converted(t: pd.DataFrame) -> pd.DataFrame:
     """The rows of *converted* methods (the teacher and from-scratch models are left out)."""
-    from harness.registry import get_method, list_methods
+    from harness.core.registry import get_method, list_methods
 
     return t.loc[[m for m in t.index if m != "softmax" and m in list_methods() and get_method(m).convertible]]
 
@@ -348,6 +347,13 @@ def table2_section(out: Path, paper_dir: Path) -> list[str]:
     official = [official_name(t) for t in tasks]
     if paper is not None:
         lines += ["**Paper** (Table 2, converted from Pythia-410M):", "", _paper_markdown(paper, official), ""]
+        extra = [m for m in _methods(table) if m not in PAPER_ROWS]
+        if extra:
+            lines += [
+                f"Not in the paper: {', '.join(extra)}. Their rows are ours only; the comparisons with the paper "
+                f"below (rankings, agreement) use the {len(PAPER_ROWS)} methods the paper has.",
+                "",
+            ]
     t = table.set_index("method")
     label = dict(zip(table["method"], table["model"]))
     best_model = label.get(PAPER_BEST)
@@ -622,7 +628,7 @@ def controls_section(out: Path) -> list[str]:
         lines.append(
             f"- **{method} at {fraction:g} of the teacher's tokens**: {beats}. Most recovered: {best.recipe}. "
             f"Best converted model {best.converted_bpb:.3f} bpb against the teacher's {best.teacher_bpb:.3f} "
-            f"({gap:+.1%}); \"near-equal\" (within {NEAR_EQUAL:.0%}) is **{verdict}**."
+            f'({gap:+.1%}); "near-equal" (within {NEAR_EQUAL:.0%}) is **{verdict}**.'
         )
     skipped = table[table["converted_bpb"].isna()]
     for r in skipped.itertuples():
@@ -696,7 +702,7 @@ def _eval_notes(root: Path, names: list[str]) -> list[str]:
                 lines.append(
                     f"- Each benchmark task is scored on a fixed subsample of {int(value)} documents (seed "
                     f"{int(rows['docs_seed'].dropna().iloc[0]) if 'docs_seed' in rows.columns else 0}, the same "
-                    "items for every model; see `harness/evaluate.py`), not its whole split."
+                    "items for every model; see `harness/evaluation/evaluate.py`), not its whole split."
                 )
             elif col == "max_length":
                 lines.append(

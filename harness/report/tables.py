@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.lm_eval_tasks import OFFLINE_TASKS, UNAVAILABLE
+from harness.evaluation.lm_eval_tasks import OFFLINE_TASKS, UNAVAILABLE
 
 #: the metric that stands for "accuracy" (lm-eval's acc; the paper reports acc)
 ACC = "acc"

@@ -1,0 +1,47 @@
+"""``python -m harness teachers``: train a teacher shape on doubling token budgets until a doubling
+stops paying, and ship the converged one (:mod:`harness.pipeline.teachers`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from harness.pipeline.spec import load_profile
+from harness.pipeline.stages import RUNS_DIR, Context
+from harness.pipeline.teachers import THRESHOLD, converge, ship
+from harness.util.errors import UserError
+from harness.util.provenance import REPO_ROOT
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``python -m harness teachers``."""
+    parser.add_argument("--profile", default="tiny", help="profile whose teacher shape to train (default: tiny)")
+    parser.add_argument("--teacher", required=True, help="teacher name in the profile, e.g. tiny-m")
+    parser.add_argument("--start-tokens", type=float, default=2**20, help="first budget of the curve (default: 2^20)")
+    parser.add_argument("--threshold", type=float, default=THRESHOLD, help="stop when a doubling gains less")
+    parser.add_argument("--max-doublings", type=int, default=6, help="give up doubling after this many")
+    parser.add_argument("--runs-dir", type=Path, default=None, help="where the curve's runs go (default: runs/)")
+    parser.add_argument("--no-ship", action="store_true", help="measure the curve only, ship nothing")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Converge the teacher's shape (:func:`~harness.pipeline.teachers.converge`), print the curve and
+    ship the chosen run (:func:`~harness.pipeline.teachers.ship`) unless ``--no-ship``."""
+    profile = load_profile(args.profile)
+    t = profile.teacher(args.teacher)
+    if not t.shape:
+        raise UserError(f"teacher {t.name!r} is a hub checkpoint; only shapes trained here can be converged.")
+    ctx = Context(profile, results_dir=args.runs_dir or RUNS_DIR, progress=True)
+    curve, run, converged = converge(
+        ctx, t, start_tokens=int(args.start_tokens), threshold=args.threshold, max_doublings=args.max_doublings
+    )
+    for p in curve:
+        gain = "" if p.gain is None else f"  (doubling gained {100 * p.gain:.1f} %)"
+        print(f"{p.tokens:>12,d} tokens  {p.val_bpb:.4f} validation bits per byte  {p.wall_time_s:7.0f} s{gain}")
+    if converged:
+        print(f"converged: {run.tokens:,d} tokens (doubling them gained less than {100 * args.threshold:g} %)")
+    else:
+        print(f"NOT converged after {args.max_doublings} doublings: {run.tokens:,d} tokens still paid")
+    if not args.no_ship:
+        print(f"shipped: {ship(profile, t, run, curve, converged).relative_to(REPO_ROOT)}")
+    return 0

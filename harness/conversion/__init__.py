@@ -1,0 +1,1 @@
+"""Checkpoint conversion (paper Algorithm 1): hub GPT-NeoX/LLaMA checkpoints, our own teachers, hybrids."""

@@ -1,0 +1,1 @@
+"""Evaluation with lm-eval: the paper's tasks offline, held-out bits per byte, standard errors."""

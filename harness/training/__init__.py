@@ -1,0 +1,1 @@
+"""Training: the run (config, loop, checkpoints), objectives, conversion recipes, LR schedules."""
