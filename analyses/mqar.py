@@ -8,7 +8,7 @@ a power law, every key again as a query followed by its value. The model must pr
 query key, the value paired with it in the context. Softmax attention solves it with an induction
 head; a fixed-size recurrent state (linear attention) must compress all pairs, which is where it
 falls behind (Zoology, Fig. 2) — hence accuracy is reported against
-:func:`harness.core.factory.decode_state_size`.
+:func:`harness.conversion.factory.decode_state_size`.
 
 ``inputs``/``targets`` are aligned (not shifted): ``targets[b, t]`` is the token to predict *from*
 position ``t`` — the value, at query-key positions — and ``-100`` everywhere else.
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.core.factory import decode_state_size
+from harness.conversion.factory import decode_state_size
 from harness.training.schedules import warmup_cosine
 
 IGNORE_INDEX = -100
@@ -151,10 +151,10 @@ class MQARTrainConfig:
 
 
 def build_mqar_model(method: str, data: MQARConfig, train: MQARTrainConfig) -> Any:
-    """The small model of an MQAR run (:func:`harness.core.factory.build_model`): the suite's decoder with
+    """The small model of an MQAR run (:func:`harness.conversion.factory.build_model`): the suite's decoder with
     ``method`` in every layer, or — for a method of kind ``model`` such as ``mamba`` — that
     architecture at the same width, depth and vocabulary (``match="layers"``)."""
-    from harness.core.factory import ModelSpec, build_model
+    from harness.conversion.factory import ModelSpec, build_model
     from harness.core.modeling import MixerLMConfig
 
     config = MixerLMConfig(

@@ -22,7 +22,7 @@ save/load, finite gradients, a training step) is tested in ``tests/test_baseline
 
 Building the model for a teacher goes through the suite's one factory, like every method::
 
-    from harness.core.factory import ModelSpec, build_model
+    from harness.conversion.factory import ModelSpec, build_model
     model = build_model(ModelSpec("mamba", teacher="path/to/pythia-410m"))   # sized after a checkpoint
     model = build_model(ModelSpec("mamba", config=teacher_config))           # or a config
     model = build_model(ModelSpec("mamba", config=cfg, options={"num_hidden_layers": 3}))
@@ -97,7 +97,7 @@ def build_mamba_lm(
     """A freshly initialised ``MambaForCausalLM`` matching a teacher's parameter count.
 
     ``teacher``: a transformers config (GPT-NeoX, LLaMA, ``mixer_lm``, ...; a checkpoint's is read
-    by :func:`harness.core.factory.build_model`). Width and vocabulary come from the teacher unless
+    by :func:`harness.conversion.factory.build_model`). Width and vocabulary come from the teacher unless
     given; ``num_hidden_layers`` defaults to the count matching ``param_budget`` (default: the
     teacher's total parameters). ``overrides`` go to ``MambaConfig`` (e.g. ``state_size``,
     ``expand``, ``tie_word_embeddings``). The teacher's bos/eos/pad token ids are carried over.

@@ -5,8 +5,8 @@ checkpoint conversion.
 Importing the package registers ``mixer_lm`` with transformers' Auto classes.
 """
 
+from harness.conversion.factory import ModelSpec, build_model, decode_state_size, load_model
 from harness.core.architecture import Architecture
-from harness.core.factory import ModelSpec, build_model, decode_state_size, load_model
 from harness.core.mixer import FORMS, AttentionMap, AttentionWeights, MixerConfig, MixerConfigError, TokenMixer
 from harness.core.modeling import MixerCache, MixerLMConfig, MixerLMForCausalLM
 from harness.core.registry import (

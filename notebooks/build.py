@@ -178,7 +178,7 @@ WALKTHROUGH = [
         "print('final loss', round(result.final_loss, 3), '| tokens', result.tokens)"
     ),
     new_code_cell(
-        "from harness.core.factory import load_model\nfrom harness.data.tokenizer import load_tokenizer\n"
+        "from harness.conversion.factory import load_model\nfrom harness.data.tokenizer import load_tokenizer\n"
         "tuned, tok = load_model(result.model_dir), load_tokenizer('byte')\n"
         "out = tuned.generate(tok('def ', return_tensors='pt')['input_ids'], max_new_tokens=24, do_sample=False)\n"
         "print(repr(tok.decode(out[0])))"

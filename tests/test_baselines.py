@@ -349,7 +349,7 @@ def test_converts_from_neox_trains_and_generates(neox_ckpt, method):
 # -- Mamba --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_mamba(neox_ckpt):
-    from harness.core.factory import ModelSpec, build_model
+    from harness.conversion.factory import ModelSpec, build_model
 
     torch.manual_seed(0)
     return build_model(ModelSpec("mamba", teacher=neox_ckpt)).eval()
@@ -380,7 +380,7 @@ def test_mamba_matches_the_teacher_parameter_count(neox_ckpt, tiny_mamba):
     assert cfg.hidden_size == teacher.config.hidden_size and cfg.vocab_size == teacher.config.vocab_size
     per_layer = count_parameters(mamba_config(64, 96, 2)) - count_parameters(mamba_config(64, 96, 1))
     assert abs(n_mamba - n_teacher) <= per_layer / 2, (n_mamba, n_teacher, per_layer)
-    from harness.core.factory import ModelSpec, build_model
+    from harness.conversion.factory import ModelSpec, build_model
 
     spec = ModelSpec("mamba", config=teacher.config, options={"num_hidden_layers": 3})
     assert build_model(spec).config.num_hidden_layers == 3
@@ -390,7 +390,7 @@ def test_mamba_matches_the_teacher_parameter_count(neox_ckpt, tiny_mamba):
 
 def test_mamba_causal_and_generation_equals_forward(tiny_mamba):
     from baselines.mamba import mamba_state_size
-    from harness.core.factory import decode_state_size
+    from harness.conversion.factory import decode_state_size
 
     model = tiny_mamba
     ids = torch.randint(0, 96, (2, 20), generator=torch.Generator().manual_seed(1))

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from harness.bench import measure
-from harness.bench.analysis import analyse, crossover, fit_slope
 from harness.bench.sweep import Predictor, Sweep
 from harness.cli import main as cli_main
 from harness.core import registry
 from harness.core.architecture import Architecture, UnsupportedMethodError
 from harness.layers.linear_mixer import LinearAttentionMixer
+from harness.report.bench_analysis import analyse, crossover, fit_slope
 
 METADATA = ("git_commit", "torch", "device", "device_name", "cpu", "threads", "dtype", "date")
 FAST = [

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 
 from harness.cli import main
+from harness.evaluation.items import encode_items
 from harness.report.compare import compare
-from harness.report.stats import encode_items
 
 
 def write_run(root: Path, bpb_shift: float = 0.0, drop_row: bool = False, params: float = 1000.0) -> Path:

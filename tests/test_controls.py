@@ -47,11 +47,11 @@ def test_controls_train_on_the_conversions_data_and_tokens(captured, fraction):
 
 
 def test_recipes_chain_their_stages_from_the_teacher(captured, monkeypatch):
-    import harness.core.factory
+    import harness.conversion.factory
     import harness.training.recipes
 
     ctx, configs = captured
-    monkeypatch.setattr(harness.core.factory, "load_model", lambda path: None)
+    monkeypatch.setattr(harness.conversion.factory, "load_model", lambda path: None)
     monkeypatch.setattr(harness.training.recipes, "mixer_share", lambda model: 0.25)
     t = ctx.profile.teacher("tiny-m")
     stages.convert_with_recipe(ctx, t, "/teacher/model", "dijiang", 0.0625, "transfer", seed=0)

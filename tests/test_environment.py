@@ -77,10 +77,10 @@ def test_repo_root_is_the_checkout_and_fingerprints_see_the_suites_code():
     """REPO_ROOT anchors runs, results and code fingerprints: it must be the folder holding
     pyproject.toml (a module moved one package deeper once left it pointing at ``harness/``, and
     every run key silently stopped covering the suite's code)."""
-    from harness.util import fingerprint
+    from harness.training import fingerprint
     from harness.util.provenance import REPO_ROOT
 
     assert (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "harness" / "core").is_dir()
     assert fingerprint.SOURCE_ROOT == REPO_ROOT
-    files = fingerprint.fingerprint(["harness.core.factory"]).files
+    files = fingerprint.fingerprint(["harness.conversion.factory"]).files
     assert "harness/core/modeling.py" in files and "harness/core/registry.py" in files, sorted(files)

@@ -12,8 +12,8 @@ import torch
 
 from harness import MixerLMConfig, MixerLMForCausalLM
 from harness.cli import main as cli_main
+from harness.conversion.factory import load_model
 from harness.conversion.hf_checkpoint import CheckpointError
-from harness.core.factory import load_model
 from harness.data import load_corpus, load_tokenizer
 from harness.evaluation.errors import EvalInputError
 from harness.evaluation.evaluate import evaluate, make_lm
@@ -184,7 +184,7 @@ def test_vocab_mismatch_and_missing_model_are_clear(tmp_path):
     # no tokenizer beside a model with a word-level vocabulary: an error, not silently bytes
     with pytest.raises(EvalInputError, match="--tokenizer"):
         default_tokenizer(MixerLMForCausalLM(MixerLMConfig(vocab_size=50304, hidden_size=8, num_attention_heads=2)))
-    # the suite's one loader (harness.core.factory) says what is wrong with a checkpoint
+    # the suite's one loader (harness.conversion.factory) says what is wrong with a checkpoint
     with pytest.raises(CheckpointError, match="does not exist"):
         load_model(tmp_path / "no-such-checkpoint")
     with pytest.raises(CheckpointError, match="no config.json"):
@@ -246,8 +246,8 @@ def prefer(byte: str) -> MixerLMForCausalLM:
 def test_next_line_is_scored_right_on_known_answers(tmp_path):
     """A fixture whose right line is all ``Q`` and whose wrong lines are all ``z`` (same length): a model
     preferring ``Q`` is always right, one preferring ``z`` never; the per-item results say so too."""
+    from harness.evaluation.items import decode_items
     from harness.evaluation.tasks import PreparedTasks
-    from harness.report.stats import decode_items
 
     rows = []
     for i in range(12):
@@ -290,8 +290,8 @@ def test_every_multiple_choice_task_scores_a_rigged_model_as_expected():
     """A model with the same probability for every byte prefers the answer with the fewest bytes (the
     first of equals): on every bundled multiple-choice task its accuracy, and each item's result in
     document order, must be what that rule and the documents' labels give."""
+    from harness.evaluation.items import decode_items
     from harness.evaluation.lm_eval_tasks.bundled import load_bundled, official_name
-    from harness.report.stats import decode_items
 
     model = rigged_model(torch.zeros(258))
     result = evaluate(model, load_tokenizer("byte"), MULTIPLE_CHOICE, docs=24, max_length=512, batch_size=32)

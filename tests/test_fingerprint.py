@@ -1,4 +1,4 @@
-"""Code fingerprints in the reuse keys (harness/util/fingerprint.py): editing a method's source changes
+"""Code fingerprints in the reuse keys (harness/training/fingerprint.py): editing a method's source changes
 the keys of exactly the experiments and training runs that use it; editing a runner's module
 (harness/pipeline/runners/<runner>.py) the keys of the experiments that run it; editing core model
 code or the runners' shared base changes every key; editing the report changes none. Checked on an
@@ -14,8 +14,8 @@ import pytest
 from harness.pipeline.reproduce import code_fingerprint
 from harness.pipeline.runners import RUNNERS, load_experiment, runner_params
 from harness.pipeline.spec import experiment_names
+from harness.training import fingerprint
 from harness.training.config import TrainConfig
-from harness.util import fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Hybrid conversions (harness.conversion.hybrid): which layers keep softmax, the hybrid built from a teacher,
+"""Hybrid conversions (analyses.hybrid): which layers keep softmax, the hybrid built from a teacher,
 and the decode-cost measurement at long contexts (here: short ones, tiny models)."""
 
 from __future__ import annotations
@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import MixerLMConfig, MixerLMForCausalLM
-from harness.conversion.hybrid import (
+from analyses.hybrid import (
     build_hybrid,
     evenly_spaced,
     measure_decode,
@@ -16,6 +15,7 @@ from harness.conversion.hybrid import (
     top_layers,
     transfer_scores,
 )
+from harness import MixerLMConfig, MixerLMForCausalLM
 from harness.core.hf_cache import output_cache
 from harness.core.mixer import MixerConfigError
 from harness.util.tensor_tree import tensors_in

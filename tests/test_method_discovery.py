@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.conversion.factory import ModelSpec, build_model, decode_state_size
 from harness.core import registry
-from harness.core.factory import ModelSpec, build_model, decode_state_size
 from harness.core.modeling import MixerLMConfig
 from tests import test_attention_maps, test_contract
 

@@ -18,7 +18,7 @@ from analyses.mqar import (
     train_mqar,
 )
 from harness.cli.mqar import add_arguments, main
-from harness.core.factory import decode_state_size
+from harness.conversion.factory import decode_state_size
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from harness.evaluation.items import Items, encode_items
 from harness.report.report import PAPER_DIR, paper_quirks, paper_wide, scale_section, table2_section
-from harness.report.stats import Items, describe_tau, encode_items, paired_difference, ranking_agreement
+from harness.report.stats import describe_tau, paired_difference, ranking_agreement
 from harness.report.tables import seed_table, wide_table
 
 N_ITEMS = 400

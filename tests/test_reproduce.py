@@ -25,7 +25,7 @@ from harness.cli import main
 from harness.pipeline.reproduce import ordered
 from harness.pipeline.runners import RUNNERS, load_experiment, runner_params
 from harness.pipeline.spec import SpecError, experiment_names, load_profile
-from harness.util import fingerprint
+from harness.training import fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -209,6 +209,14 @@ def test_paper_profile_dry_run_prints_a_plan(capsys):
     assert main(["reproduce", "--profile", "paper", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "GPU-hours" in out and "convert-llama2-7b-dijiang" in out
+    # the memory plan: per model trained, every strategy with and without activation checkpointing
+    plan = out.split("memory plan of llama2-7b -> dijiang:", 1)[1].split("\n\n", 1)[0]
+    rows = {tuple(line.split()[:2]): line.split() for line in plan.splitlines()[2:-1]}
+    assert set(rows) == {(s, c) for s in ("ddp", "zero2", "fsdp", "zero3") for c in ("no", "yes")}
+    total = {k: float(v[7]) for k, v in rows.items()}
+    assert total[("fsdp", "no")] < total[("ddp", "no")] and total[("fsdp", "yes")] < total[("fsdp", "no")]
+    assert rows[("ddp", "no")][8] == "none"  # replicated 7B training states never fit one 80 GB GPU
+    assert 1 < int(rows[("fsdp", "yes")][8]) <= 8  # sharded, they do on a few
 
 
 def test_unknown_experiment_is_explained():

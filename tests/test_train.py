@@ -200,7 +200,7 @@ def test_the_config_hash_covers_every_training_module_and_not_the_command_line(t
     objective, the schedule or the data pipeline gives a new hash (never a stale reuse); the CLI does not."""
     import shutil
 
-    from harness.util import fingerprint
+    from harness.training import fingerprint
 
     for pkg in ROOT.iterdir():
         if pkg.is_dir() and (pkg / "__init__.py").is_file() and pkg.name not in fingerprint.NOT_CODE:

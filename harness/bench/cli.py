@@ -14,13 +14,13 @@ from typing import Any
 import torch
 
 from harness.bench import summary
-from harness.bench.analysis import analyse
 from harness.bench.plot import plot_shapes
 from harness.bench.shapes import SHAPES, UnknownShapeError, get_shape
 from harness.bench.store import ResultsFileError, ResultStore
 from harness.bench.supervise import is_command_line, supervise
 from harness.bench.sweep import Sweep, SweepSettings, resolve_device
 from harness.bench.workloads import PHASES
+from harness.report.bench_analysis import analyse
 from harness.util.io import atomic_write_json, atomic_write_text
 from harness.util.provenance import utc_now
 

@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from harness.bench.analysis import REFERENCE, ok_rows
+from harness.report.bench_analysis import REFERENCE, ok_rows
 
 PANELS_TOP = [
     ("prefill", "tokens_per_s", "prefill tokens/s"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from harness.bench.analysis import REFERENCE, analyse, ok_rows
+from harness.report.bench_analysis import REFERENCE, analyse, ok_rows
 
 #: provenance keys of rows written before the suite's keys were unified (harness.util.provenance) -> old name
 LEGACY_KEYS: dict[str, str] = {"torch": "torch_version", "transformers": "transformers_version", "cpu": "cpu_model"}

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from harness.bench.shapes import Shape
-from harness.core.factory import ModelSpec, decode_state_size
-from harness.core.factory import build_model as build_from_spec
+from harness.conversion.factory import ModelSpec, decode_state_size
+from harness.conversion.factory import build_model as build_from_spec
 from harness.core.hf_cache import cache_kwarg, output_cache
 from harness.core.modeling import MixerCache, MixerLMConfig, MixerLMForCausalLM, MixerLMModel
 from harness.core.registry import get_method, is_architecture
@@ -56,7 +56,7 @@ def build_config(shape: Shape, method: str, max_seq_len: int) -> MixerLMConfig:
 
 def build_model(shape: Shape, method: str, max_seq_len: int, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """Random-weight model of ``shape`` with ``method`` (seeded, eval mode, on ``device``/``dtype``),
-    built by :func:`harness.core.factory.build_model`: the suite's decoder holding the method (one block
+    built by :func:`harness.conversion.factory.build_model`: the suite's decoder holding the method (one block
     without a head for a layer shape), or — for a method of kind ``model`` (a whole architecture, e.g.
     Mamba) — that architecture sized to the softmax model of the shape's parameter count (for a
     layer shape the config has one block, so the model matches one block's parameter count).
@@ -70,7 +70,7 @@ def build_model(shape: Shape, method: str, max_seq_len: int, device: torch.devic
 
 
 def declared_state_size(model: nn.Module, seq_len: int, method: str) -> int | None:
-    """:func:`harness.core.factory.decode_state_size` after ``seq_len`` tokens (numbers per sequence), or
+    """:func:`harness.conversion.factory.decode_state_size` after ``seq_len`` tokens (numbers per sequence), or
     None for a mixer that declares none."""
     try:
         return decode_state_size(model, seq_len, method)

@@ -56,8 +56,8 @@ def _list_tasks() -> str:
 def main(args: argparse.Namespace) -> int:
     """Evaluate as the flags say: tasks are loaded before the model, so unknown names and unreachable
     data sets fail fast; input errors print one ``error:`` line and return 2."""
+    from harness.conversion.factory import load_model
     from harness.conversion.hf_checkpoint import CheckpointError
-    from harness.core.factory import load_model
     from harness.data.corpus import CorpusError
     from harness.data.tokenizer import TokenizerError, load_tokenizer
     from harness.evaluation.evaluate import evaluate

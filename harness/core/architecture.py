@@ -11,8 +11,8 @@ tables and ``python -m harness methods`` treat every method alike) and implement
   reference config (the teacher's), either to the same parameter count or to the same depth;
 * :meth:`Architecture.state_size` — the numbers it caches per sequence for decoding.
 
-Nothing else is looked up: :func:`harness.core.factory.build_model` and
-:func:`harness.core.factory.decode_state_size` call these for every architecture.
+Nothing else is looked up: :func:`harness.conversion.factory.build_model` and
+:func:`harness.conversion.factory.decode_state_size` call these for every architecture.
 """
 
 from __future__ import annotations

@@ -130,12 +130,12 @@ def is_architecture(name: str) -> bool:
 
 def build_mixer(name: str, config: MixerConfig) -> TokenMixer:
     """Instantiate token mixer ``name`` for ``config`` (a whole architecture is an error: build it with
-    :func:`harness.core.factory.build_model`)."""
+    :func:`harness.conversion.factory.build_model`)."""
     cls = get_method(name)
     if issubclass(cls, Architecture):
         raise MixerConfigError(
             f"method {name!r} is a whole architecture (kind 'model'), not a token mixer for the suite's decoder; "
-            f"build its model with harness.core.factory.build_model(ModelSpec({name!r}, ...))."
+            f"build its model with harness.conversion.factory.build_model(ModelSpec({name!r}, ...))."
         )
     try:
         return cls(config)

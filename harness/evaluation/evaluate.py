@@ -12,7 +12,7 @@ included) is wrapped in lm-eval's ``HFLM`` (:func:`make_lm`) and scored on named
 * :mod:`harness.evaluation.results` — tidy rows (model, method, task, metric, value, stderr, n,
   status, document counts, per-document ``items``) with the run's metadata, written atomically;
 * :mod:`harness.evaluation.models` — a model's tokenizer, parameter count and recorded names (its
-  weights load with :func:`harness.core.factory.load_model`).
+  weights load with :func:`harness.conversion.factory.load_model`).
 
 Command line (:mod:`harness.cli.eval`): ``python -m harness eval MODEL --tasks offline,table1 --out
 results/eval/NAME.csv``.

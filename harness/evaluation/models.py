@@ -1,5 +1,5 @@
 """The model an evaluation scores, read without the evaluator: its tokenizer, its parameter count
-and the names it is recorded under. Models themselves load with :func:`harness.core.factory.load_model`
+and the names it is recorded under. Models themselves load with :func:`harness.conversion.factory.load_model`
 (the suite's one loader), so the pipeline and the analyses get weights without importing lm-eval.
 """
 

@@ -3,7 +3,7 @@
 Results are tidy rows — model, method, task, metric, value, stderr, n — plus ``status``, the
 document counts (``docs`` in the split, ``examined``, ``skipped``, ``truncated``; see
 :mod:`harness.evaluation.selection`), the scored
-``split``, ``items`` (per-document results, :func:`harness.report.stats.encode_items`, for paired
+``split``, ``items`` (per-document results, :func:`harness.evaluation.items.encode_items`, for paired
 tests) and the run's metadata (corpus hash, git commit, library versions, date), written atomically
 to CSV and JSON.
 """
@@ -98,7 +98,7 @@ def tidy_rows(results: dict[str, Any], model: str, method: str) -> list[dict[str
             )
     samples = results.get("samples") or {}
     if samples:
-        from harness.report.stats import decode_items
+        from harness.evaluation.items import decode_items
 
         for row in rows:
             row["items"] = _items(samples, subtasks, row["task"], row["metric"])
@@ -119,8 +119,8 @@ def leaf_names(task: str, subtasks: dict[str, list[str]]) -> list[str]:
 
 def _items(samples: dict[str, list[dict]], subtasks: dict[str, list[str]], task: str, metric: str) -> str | None:
     """The per-document results of one row (lm-eval's logged samples), encoded by
-    :func:`harness.report.stats.encode_items`; a group's are its subtasks' in name order."""
-    from harness.report.stats import concat_items, decode_items, encode_items
+    :func:`harness.evaluation.items.encode_items`; a group's are its subtasks' in name order."""
+    from harness.evaluation.items import concat_items, decode_items, encode_items
 
     name, _, filt = metric.partition(",")
     filt = filt or "none"

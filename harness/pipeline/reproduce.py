@@ -15,7 +15,7 @@ Where things go (see ``results/README.md``):
 
 Every experiment is validated before anything runs. A finished experiment is recorded in
 ``<experiment>/meta.json`` with the hash of its definition and the fingerprint of the code that
-produced it (:mod:`harness.util.fingerprint`); running again reuses it only when both still match, and
+produced it (:mod:`harness.training.fingerprint`); running again reuses it only when both still match, and
 says why when it does not. Every training run inside is reused or resumed (see
 :mod:`harness.pipeline.stages`), so the command is idempotent and can be killed and restarted at
 any point. ``--dry-run`` prints the plan (runs, tokens, estimated GPU-hours) and what would run,
@@ -39,8 +39,9 @@ import torch
 from harness.pipeline import stages
 from harness.pipeline.progress import Progress, capture_output
 from harness.pipeline.runners import PlannedRun, get_runner, load_experiment, runner_params
-from harness.pipeline.spec import Experiment, Profile, experiment_names, load_profile
-from harness.util.fingerprint import Fingerprint, describe_change
+from harness.pipeline.spec import Experiment, Profile, Teacher, defined_for, load_profile
+from harness.scale import memory_plan
+from harness.training.fingerprint import Fingerprint, describe_change
 from harness.util.io import atomic_write_json, atomic_write_text
 from harness.util.provenance import environment
 
@@ -56,9 +57,8 @@ ORDER: tuple[str, ...] = (
     "mqar",
     "fig4_speed_memory",
 )
-#: GPU-hour estimate: 6 N D training FLOPs at this sustained throughput per GPU (A100 bf16 peak
-#: 312 TFLOP/s at 40% model-FLOPs utilisation) — an assumption, printed with the plan
-SUSTAINED_FLOPS = 0.4 * 312e12
+#: the GPU the plan's memory and GPU-hours assume (:data:`harness.scale.memory_plan.GPUS`), and how many
+PLAN_GPU, PLAN_WORLD = "a100-80gb", 8
 #: hex digits of the corpus hash in a ``--data`` run's folder name
 DATA_HASH_LENGTH = 10
 
@@ -68,7 +68,8 @@ def ordered(names: list[str]) -> list[str]:
 
 
 def gpu_hours(run: PlannedRun) -> float:
-    return 6 * run.params * run.tokens / SUSTAINED_FLOPS / 3600
+    """6 N D training FLOPs on :data:`PLAN_GPU` at 40% utilisation (:func:`harness.scale.memory_plan.gpu_hours`)."""
+    return memory_plan.gpu_hours(run.tokens, 6 * run.params, memory_plan.GPUS[PLAN_GPU].bf16_flops)
 
 
 def say(text: str) -> None:
@@ -101,10 +102,49 @@ def print_plan(exps: list[Experiment]) -> list[PlannedRun]:
     total_h = sum(gpu_hours(r) for r in unique)
     print(
         f"\n{len(unique)} distinct training runs, {total_tokens:.3g} tokens, about {total_h:,.0f} GPU-hours "
-        f"(6·N·D FLOPs at {SUSTAINED_FLOPS / 1e12:.0f} TFLOP/s sustained per GPU, A100-class bf16; evaluation "
-        "and benchmarks not included)"
+        f"(6·N·D FLOPs on {PLAN_GPU} at 40% of its bf16 peak; evaluation and benchmarks not included)"
     )
+    if exps and exps[0].profile.device == "cuda":
+        print_memory_plan(exps[0].profile, unique)
     return unique
+
+
+def plan_shape(t: Teacher) -> dict[str, Any]:
+    """A teacher's model config for the memory plan: its own shape, or its published architecture's
+    (:mod:`harness.bench.shapes`) for a hub checkpoint."""
+    if t.shape:
+        return dict(t.shape)
+    from harness.bench.shapes import get_shape
+
+    return dict(get_shape(f"{t.name}-model").config)
+
+
+def print_memory_plan(profile: Profile, runs: list[PlannedRun]) -> None:
+    """Memory per GPU for DDP, ZeRO-2, FSDP and ZeRO-3, with and without activation checkpointing, the
+    fewest GPUs that hold it and the GPU-hours, once per model the plan trains (memory does not depend
+    on tokens; the GPU-hours are for all of that model's runs)."""
+    models: dict[tuple[str, str], float] = {}
+    for r in runs:
+        if r.teacher:
+            models[(r.teacher, r.method)] = models.get((r.teacher, r.method), 0.0) + r.tokens
+    world = PLAN_WORLD
+    for (teacher, method), tokens in models.items():
+        t = profile.teacher(teacher)
+        print()
+        for line in memory_plan.plan_lines(
+            plan_shape(t),
+            method,
+            tokens=tokens,
+            block_size=profile.block_size,
+            micro_batch=1,
+            grad_accum=max(1, profile.batch_size // world),
+            world_size=world,
+            precision="bf16-mixed",
+            gpu=PLAN_GPU,
+            options=profile.method_options.get(method),
+            label=f"{teacher} -> {method}",
+        ):
+            print(line)
 
 
 @functools.lru_cache(maxsize=8)
@@ -295,7 +335,7 @@ def reproduce(
             f"{corpus.meta.get('files')} documents), not the profile's own ({profile.data}).",
         )
         profile = dataclasses.replace(profile, data=spec)
-    names = only or experiment_names()
+    names = only or defined_for(profile.name)
     exps = [load_experiment(n, profile) for n in ordered(list(dict.fromkeys(names)))]  # validates all first
     ctx = stages.Context(profile, results_dir=results_dir, progress=progress)
     say(f"profile {profile.name}: {profile.description}")
@@ -321,7 +361,8 @@ def reproduce(
     ran = _run_all(exps, ctx, notes, force=force, verbose=verbose or progress, bars=progress)
     from harness.report.report import write_report
 
-    report = write_report(profile.name, results_dir)
+    shipped = {t.name: t.shipped for t in profile.teachers.values() if t.shipped}
+    report = write_report(profile.name, results_dir, defined_for(profile.name), shipped)
     reused = len(exps) - ran
     say(f"finished in {time.time() - start:.0f}s: {ran} experiment(s) ran, {reused} reused; report: {shown(report)}")
     ref = stages.RESULTS_DIR / profile.name

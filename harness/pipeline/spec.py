@@ -44,6 +44,11 @@ class Teacher:
     def pretrained(self) -> bool:
         return self.checkpoint is not None
 
+    @property
+    def trained_here(self) -> bool:
+        """Pretrained by the pipeline (neither a hub checkpoint nor a shipped teacher)."""
+        return self.checkpoint is None and self.shipped is None
+
 
 @dataclass
 class Profile:
@@ -134,6 +139,18 @@ def experiment_names(directory: Path | None = None) -> list[str]:
     """All defined experiments (file stems), sorted."""
     directory = EXPERIMENTS_DIR if directory is None else directory
     return sorted(p.stem for p in directory.glob("*.yaml") if p.stem != "profiles")
+
+
+def defined_for(profile: str, directory: Path | None = None) -> list[str]:
+    """The experiments that define ``profile`` (an entry under their ``profiles:``), sorted. A profile
+    such as ``grid`` runs only the experiments that define it."""
+    directory = EXPERIMENTS_DIR if directory is None else directory
+    names = []
+    for name in experiment_names(directory):
+        profiles = _read_yaml(directory / f"{name}.yaml").get("profiles") or {}
+        if isinstance(profiles, dict) and profile in profiles:
+            names.append(name)
+    return names
 
 
 def read_experiment(name: str, profile: str | Profile, directory: Path | None = None) -> Experiment:

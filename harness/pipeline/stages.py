@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 from harness.pipeline.shipped import verify
 from harness.pipeline.spec import Profile, Teacher
 from harness.training.config import StepInfo, TrainConfig, TrainResult
+from harness.training.fingerprint import fingerprint, method_modules
 from harness.training.loop import train
-from harness.util.fingerprint import fingerprint, method_modules
 from harness.util.io import atomic_write_json
 from harness.util.provenance import REPO_ROOT
 
@@ -110,8 +110,10 @@ def run_training(ctx: Context, label: str, config: TrainConfig, method: str) -> 
     return Run(label=label, result=result, method=method, tokens=config.tokens)
 
 
-def _base(ctx: Context, seed: int, tokens: float, stage: dict[str, Any]) -> dict[str, Any]:
+def _base(ctx: Context, seed: int, tokens: float, stage: dict[str, Any], lr: float | None = None) -> dict[str, Any]:
+    """The training settings every run of a profile shares; ``lr`` overrides the stage's (a sweep)."""
     p = ctx.profile
+    stage = {**stage, "lr": lr} if lr is not None else stage
     return dict(
         data=p.data,
         tokenizer=p.tokenizer,
@@ -128,12 +130,16 @@ def teacher_label(t: Teacher, seed: int) -> str:
     return f"teacher-{t.name}-s{seed}"
 
 
-def convert_label(t: Teacher, method: str, fraction: float, seed: int) -> str:
-    return f"convert-{t.name}-{method}-f{fraction:g}-s{seed}"
+def _lr_tag(lr: float | None) -> str:
+    return "" if lr is None else f"-lr{lr:g}"
 
 
-def scratch_label(t: Teacher, method: str, seed: int, fraction: float = 1.0) -> str:
-    return f"scratch-{t.name}-{method}-f{fraction:g}-s{seed}"
+def convert_label(t: Teacher, method: str, fraction: float, seed: int, lr: float | None = None) -> str:
+    return f"convert-{t.name}-{method}-f{fraction:g}-s{seed}{_lr_tag(lr)}"
+
+
+def scratch_label(t: Teacher, method: str, seed: int, fraction: float = 1.0, lr: float | None = None) -> str:
+    return f"scratch-{t.name}-{method}-f{fraction:g}-s{seed}{_lr_tag(lr)}"
 
 
 def teacher_config(ctx: Context, t: Teacher, seed: int = 0, tokens: float | None = None) -> TrainConfig:
@@ -165,31 +171,47 @@ def conversion_tokens(ctx: Context, t: Teacher, fraction: float) -> int:
     return max(ctx.profile.batch_size * ctx.profile.block_size, math.ceil(t.tokens * fraction))
 
 
-def convert(ctx: Context, t: Teacher, teacher_run: Run | str, method: str, fraction: float, seed: int = 0) -> Run:
+def convert(
+    ctx: Context,
+    t: Teacher,
+    teacher_run: Run | str,
+    method: str,
+    fraction: float,
+    seed: int = 0,
+    lr: float | None = None,
+) -> Run:
     """Convert the teacher to ``method`` and fine-tune on ``fraction`` of its pretraining tokens (the
-    ``paper`` recipe: the LM loss on every weight)."""
+    ``paper`` recipe: the LM loss on every weight), at the profile's fine-tune rate or ``lr``."""
     tokens = conversion_tokens(ctx, t, fraction)
     cfg = TrainConfig(
         model=_source(teacher_run),
         mixer=method,
         mixer_options=dict(ctx.profile.method_options.get(method, {})),
-        **_base(ctx, seed, tokens, ctx.profile.convert),
+        **_base(ctx, seed, tokens, ctx.profile.convert, lr),
     )
-    return run_training(ctx, convert_label(t, method, fraction, seed), cfg, method)
+    return run_training(ctx, convert_label(t, method, fraction, seed, lr), cfg, method)
 
 
 def convert_with_recipe(
-    ctx: Context, t: Teacher, teacher_run: Run | str, method: str, fraction: float, recipe: str, seed: int = 0
+    ctx: Context,
+    t: Teacher,
+    teacher_run: Run | str,
+    method: str,
+    fraction: float,
+    recipe: str,
+    seed: int = 0,
+    lr: float | None = None,
 ) -> Run:
     """Convert the teacher to ``method`` and train it with ``recipe`` (:mod:`harness.training.recipes`) at the
     compute of the ``paper`` recipe on ``fraction`` of the teacher's tokens: each stage is a training
     run of its own (reused and resumed like any other), the next starting from the previous model.
     ``paper`` is :func:`convert` itself (the same run). Raises
     :class:`~harness.training.objectives.ObjectiveError` where the recipe does not apply to the method
-    (``transfer`` for a method with no parameters of its own)."""
+    (``transfer`` for a method with no parameters of its own). ``lr`` (default: the profile's
+    fine-tune rate) is every stage's peak rate."""
     if recipe == "paper":
-        return convert(ctx, t, teacher_run, method, fraction, seed)
-    from harness.core.factory import load_model
+        return convert(ctx, t, teacher_run, method, fraction, seed, lr)
+    from harness.conversion.factory import load_model
     from harness.training.recipes import mixer_share, recipe_stages
 
     teacher_path = _source(teacher_run)
@@ -204,9 +226,9 @@ def convert_with_recipe(
             mixer_options=dict(ctx.profile.method_options.get(method, {})) if first else {},
             objective=stage.objective,
             teacher=teacher_path if stage.objective != "lm" else None,
-            **_base(ctx, seed, stage.tokens, ctx.profile.convert),
+            **_base(ctx, seed, stage.tokens, ctx.profile.convert, lr),
         )
-        run = run_training(ctx, f"{convert_label(t, method, fraction, seed)}-{recipe}{i + 1}", cfg, method)
+        run = run_training(ctx, f"{convert_label(t, method, fraction, seed, lr)}-{recipe}{i + 1}", cfg, method)
         source = str(run.model_dir)
     return run  # type: ignore[return-value]
 
@@ -239,25 +261,31 @@ def convert_hybrid(
 
 
 def scratch_control(
-    ctx: Context, t: Teacher, teacher_run: Run | str, method: str, fraction: float, seed: int = 0
+    ctx: Context,
+    t: Teacher,
+    teacher_run: Run | str,
+    method: str,
+    fraction: float,
+    seed: int = 0,
+    lr: float | None = None,
 ) -> Run:
     """Control (a) of a conversion: ``method`` in the teacher's shape trained from scratch on the same
     data, tokens, batch, block and seed as :func:`convert` (pretraining settings: a fresh model needs
-    the teacher's learning rate, not the fine-tune's)."""
+    the teacher's learning rate, not the fine-tune's; or ``lr``)."""
     tokens = conversion_tokens(ctx, t, fraction)
     cfg = TrainConfig(
         model=dict(t.shape) if not t.pretrained else _hub_shape(t),
         mixer=method,
         mixer_options=dict(ctx.profile.method_options.get(method, {})),
-        **_base(ctx, seed, tokens, ctx.profile.pretrain),
+        **_base(ctx, seed, tokens, ctx.profile.pretrain, lr),
     )
-    return run_training(ctx, scratch_label(t, method, seed, fraction) + "-control", cfg, method)
+    return run_training(ctx, scratch_label(t, method, seed, fraction, lr) + "-control", cfg, method)
 
 
 def _hub_shape(t: Teacher) -> dict[str, Any]:
     """A pretrained teacher's shape as a MixerLM config dict (its checkpoint's config, converted)."""
+    from harness.conversion.factory import teacher_config
     from harness.conversion.hf_checkpoint import config_from_hf
-    from harness.core.factory import teacher_config
 
     d = config_from_hf(teacher_config(t.checkpoint), "softmax").to_dict()
     return {k: v for k, v in d.items() if k not in ("model_type", "transformers_version", "architectures")}
@@ -266,12 +294,13 @@ def _hub_shape(t: Teacher) -> dict[str, Any]:
 def untrained_conversion(ctx: Context, t: Teacher, teacher_run: Run | str, method: str) -> str:
     """Control (c): the teacher converted to ``method`` before any training ("step 0"), saved once
     (with the teacher's tokenizer) and returned as a model directory."""
-    from harness.core.factory import ModelSpec, build_model
+    from harness.conversion.factory import ModelSpec, build_model
     from harness.data.tokenizer import load_tokenizer
 
     source = _source(teacher_run)
     options = dict(ctx.profile.method_options.get(method, {}))
-    key = config_key([source, method, options, fingerprint(["harness.core.factory", *method_modules([method])]).digest])
+    code = fingerprint(["harness.conversion.factory", *method_modules([method])]).digest
+    key = config_key([source, method, options, code])
     out = ctx.runs / f"step0-{t.name}-{method}-{key}"
     if not (out / "model" / "config.json").is_file():
         tmp = out / "model.tmp"
@@ -301,7 +330,7 @@ def evaluate_model(
     ``max_length`` overrides it): the length every model was trained on. Longer windows would
     measure length extrapolation (which the softmax teacher's rotary positions do badly past their
     training length) instead of the conversion."""
-    from harness.core.factory import load_model
+    from harness.conversion.factory import load_model
     from harness.evaluation.evaluate import evaluate
 
     ev = {**ctx.profile.eval, **({"tasks": tasks} if tasks else {})}

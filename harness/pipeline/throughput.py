@@ -1,7 +1,7 @@
 """Generation throughput of a trained model after a long prompt (the paper's Table 1 column,
 "inference throughput at 2048 tokens"): prefill ``prompt_len`` tokens once, then time greedy
 decoding of ``new_tokens`` tokens with the model's cache, median over repeats. The model comes from
-:func:`harness.core.factory.load_model` (any method), the clock from :func:`harness.util.timing.time_once`."""
+:func:`harness.conversion.factory.load_model` (any method), the clock from :func:`harness.util.timing.time_once`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from harness.core.factory import load_model
+from harness.conversion.factory import load_model
 from harness.core.hf_cache import cache_kwarg, output_cache
 from harness.util.timing import time_once
 

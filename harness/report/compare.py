@@ -32,8 +32,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.evaluation.items import Items, decode_items
 from harness.evaluation.lm_eval_tasks import OFFLINE_TASKS
-from harness.report.stats import Items, decode_items, paired_difference
+from harness.report.stats import paired_difference
 
 #: numeric columns that identify a row rather than measure something
 KEY_COLUMNS: frozenset[str] = frozenset(

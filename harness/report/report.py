@@ -28,14 +28,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.evaluation.items import Items, decode_items
 from harness.evaluation.lm_eval_tasks import OFFLINE_TASKS, UNAVAILABLE
 from harness.evaluation.lm_eval_tasks.bundled import official_name
 from harness.report.paper_numbers import WSC_CONSTANT_CLASS_COUNTS, WSC_EXAMPLES
 from harness.report.stats import (
     ALPHA,
     Difference,
-    Items,
-    decode_items,
     describe_tau,
     format_p,
     paired_difference,
@@ -511,9 +510,9 @@ def scale_section(out: Path, paper_dir: Path, paper_table: str) -> list[str]:
 # -- other sections -----------------------------------------------------------------------------------
 def speed_section(out: Path, paper_dir: Path) -> list[str]:
     """Fig. 4: decoding and prefill throughput per method against L, with the speedups over softmax
-    that the benchmark's own analysis (:func:`harness.bench.analysis.analyse`) computes, beside the
+    that the benchmark's own analysis (:func:`harness.report.bench_analysis.analyse`) computes, beside the
     DiJiang/Transformer ratio of the official README's plot."""
-    from harness.bench.analysis import REFERENCE, analyse
+    from harness.report.bench_analysis import REFERENCE, analyse
 
     rows = _read(out / "results.csv")
     if rows is None:
@@ -633,9 +632,65 @@ def controls_section(out: Path) -> list[str]:
     skipped = table[table["converted_bpb"].isna()]
     for r in skipped.itertuples():
         lines.append(f"- {r.method} / {r.recipe}: not applicable (no parameters of its own to transfer).")
+    lines += ranking_lines(table, _read(out / "results.csv"))
+    lines += [""] + lr_sweep_lines(out)
     if "seeds" in table.columns and (table["seeds"] < 2).any():
         lines.append("- Rows with one seed carry no uncertainty on the recovery score (± is the spread over seeds).")
     return lines + [""]
+
+
+def lr_sweep_lines(out: Path) -> list[str]:
+    """The learning-rate sweep behind the controls: validation bits per byte per rate, chosen in bold."""
+    sweep = _read(out / "lr_sweep.csv")
+    if sweep is None or not len(sweep):
+        return []
+    cells = sweep.assign(
+        cell=[f"**{v:.3f}**" if c else f"{v:.3f}" for v, c in zip(sweep["val_bpb"], sweep["chosen"].astype(bool))]
+    )
+    wide = cells.pivot_table(
+        index=["fraction", "method", "recipe"], columns="lr", values="cell", aggfunc="first", sort=False
+    )
+    wide.columns = [f"lr {c:g}" for c in wide.columns]
+    return [
+        "Learning-rate sweep (validation-split bits per byte on the first seed; the chosen rate in bold):",
+        "",
+        _md(wide.reset_index()),
+        "",
+    ]
+
+
+def ranking_lines(table: pd.DataFrame, results: pd.DataFrame | None, best: str = PAPER_BEST) -> list[str]:
+    """Where ``best`` (DiJiang) ranks among the converted methods, per budget and recipe, by held-out
+    bits per byte, with Welch's t-test over seeds against each method that beats it or that it beats
+    next (two-sided; significant at ``ALPHA``)."""
+    if results is None or "seed" not in results.columns:
+        return []
+    lines = []
+    ok = results[results["converted_bpb"].notna()]
+    for (fraction, recipe), g in ok.groupby(["fraction", "recipe"], sort=False):
+        means = g.groupby("method")["converted_bpb"].mean().sort_values()
+        if best not in means.index or len(means) < 2:
+            continue
+        rank = list(means.index).index(best) + 1
+        mine = g[g["method"] == best]["converted_bpb"].to_numpy()
+        parts = []
+        for other in means.index:
+            if other == best:
+                continue
+            theirs = g[g["method"] == other]["converted_bpb"].to_numpy()
+            if len(mine) < 2 or len(theirs) < 2:
+                parts.append(f"{other} {means[other] - means[best]:+.3f} (one seed: no test)")
+                continue
+            from scipy.stats import ttest_ind
+
+            p = float(ttest_ind(theirs, mine, equal_var=False).pvalue)
+            sig = "significant" if p <= ALPHA else "not significant"
+            parts.append(f"{other} {means[other] - means[best]:+.3f} bpb ({format_p(p)}, {sig})")
+        lines.append(
+            f"- {best} ranks **{rank} of {len(means)}** at {fraction:g} with the {recipe} recipe "
+            f"(lower bpb is better; each method minus {best}: {'; '.join(parts)})."
+        )
+    return lines
 
 
 def hybrid_section(out: Path) -> list[str]:
@@ -737,8 +792,47 @@ def _provenance(metas: dict[str, dict[str, Any]]) -> list[str]:
     ]
 
 
-def write_report(profile: str, results_dir: Path) -> Path:
-    """Write ``<results_dir>/<profile>/REPORT.md`` from the experiments found there."""
+def teachers_section(shipped: dict[str, str]) -> list[str]:
+    """The profile's shipped teachers (name -> folder, :mod:`harness.pipeline.teachers`): each one's
+    convergence curve, validation bits per byte against pretraining tokens, from its ``teacher.json``."""
+    from harness.util.provenance import REPO_ROOT
+
+    if not shipped:
+        return []
+    lines = [
+        "## Teachers",
+        "",
+        "Converted teachers are trained here until more tokens stop paying: budgets doubling, each a finished "
+        "run with its own schedule, until a doubling improves validation bits per byte by less than the "
+        "threshold; the budget before that doubling is shipped (`teachers/`), and every budget fraction below "
+        "is a fraction of its tokens.",
+        "",
+    ]
+    for name, folder in shipped.items():
+        meta_file = REPO_ROOT / folder / "teacher.json"
+        if not meta_file.is_file():
+            lines += [f"- {name}: `{folder}` is missing.", ""]
+            continue
+        meta = json.loads(meta_file.read_text())
+        curve = pd.DataFrame(meta["curve"])[["tokens", "val_bpb", "gain", "wall_time_s"]]
+        state = "converged" if meta.get("converged") else "**not converged** (the last doubling still paid)"
+        lines += [
+            f"**{name}** (`{folder}`, {meta.get('n_params') or 0:,} parameters): {state}; shipped at "
+            f"{int(meta['tokens']):,} tokens, {meta['val_bpb']:.3f} validation bits per byte; threshold "
+            f"{meta['threshold']:.0%}; the curve took {meta['curve_wall_time_s']:.0f} s (`{meta['retrain']}`).",
+            "",
+            _md(curve),
+            "",
+        ]
+    return lines
+
+
+def write_report(
+    profile: str, results_dir: Path, experiments: list[str] | None = None, shipped: dict[str, str] | None = None
+) -> Path:
+    """Write ``<results_dir>/<profile>/REPORT.md`` from the experiments found there. ``experiments``:
+    every experiment the suite defines (those not found are listed as not yet run); ``shipped``: the
+    profile's shipped teachers (name -> folder), whose convergence curves the report shows."""
     root = results_dir / profile
     paper_dir = PAPER_DIR
     metas = {p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob("*/meta.json"))}
@@ -769,9 +863,8 @@ def write_report(profile: str, results_dir: Path) -> Path:
             "where an invocation reused earlier runs).",
             "",
         ]
-    from harness.pipeline.spec import experiment_names
-
-    missing = [n for n in experiment_names() if n not in metas]
+    lines += teachers_section(shipped or {})
+    missing = [n for n in experiments or [] if n not in metas]
     if missing:
         lines += [
             f"**Not yet run at this profile:** {', '.join(missing)} "

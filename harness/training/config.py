@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.training.fingerprint import Fingerprint, all_method_modules, fingerprint, method_modules
 from harness.training.objectives import OBJECTIVES
 from harness.training.schedules import warmup_cosine
-from harness.util.fingerprint import Fingerprint, all_method_modules, fingerprint, method_modules
 
 if TYPE_CHECKING:
     import torch
@@ -193,7 +193,7 @@ class TrainConfig:
         return sorted(set(found))
 
     def code_fingerprint(self) -> Fingerprint:
-        """The code this run's result depends on (:mod:`harness.util.fingerprint`): the import closure of
+        """The code this run's result depends on (:mod:`harness.training.fingerprint`): the import closure of
         :data:`TRAINING_MODULES` (this config, the loop, checkpointing, and through their imports the
         objectives, schedules, data pipeline and model factory) and of the modules defining its
         :meth:`methods` (every method's when the config names none: a checkpoint trained as it is)."""

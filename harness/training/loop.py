@@ -129,7 +129,7 @@ def _config_from_spec(spec: dict[str, Any], tokenizer: Any) -> Any:
 
 
 def build_model(config: TrainConfig, tokenizer: Any) -> torch.nn.Module:
-    """The model to train (fp32, CPU): :func:`harness.core.factory.build_model` of what :class:`TrainConfig`
+    """The model to train (fp32, CPU): :func:`harness.conversion.factory.build_model` of what :class:`TrainConfig`
     ``model``, ``mixer`` and ``mixer_options`` describe:
 
     * a config dict: a fresh model of that config, with ``mixer`` in every layer — or, for a method of
@@ -139,8 +139,8 @@ def build_model(config: TrainConfig, tokenizer: Any) -> torch.nn.Module:
       checkpoint's config.
     """
     import harness  # noqa: F401  (registers mixer_lm with the Auto classes)
-    from harness.core.factory import ModelSpec
-    from harness.core.factory import build_model as build
+    from harness.conversion.factory import ModelSpec
+    from harness.conversion.factory import build_model as build
 
     spec, ckpt = _model_source(config)
     source = {"teacher": ckpt} if ckpt is not None else {"config": _config_from_spec(spec, tokenizer)}
@@ -161,8 +161,8 @@ def _teacher(config: TrainConfig) -> torch.nn.Module | None:
     ones are converted to ``softmax`` (which reproduces their logits, see :mod:`harness.conversion.hf_checkpoint`)."""
     if config.objective == "lm":
         return None
-    from harness.core.factory import ModelSpec, load_model
-    from harness.core.factory import build_model as build
+    from harness.conversion.factory import ModelSpec, load_model
+    from harness.conversion.factory import build_model as build
 
     _, ckpt = _model_source(dataclasses.replace(config, model=config.teacher_source, objective="lm"))
     if ckpt is None:

@@ -30,7 +30,7 @@ class AttentionMapsRunner(Runner):
 
     def run(self, exp: Experiment, p: AttentionMapsParams, ctx: stages.Context) -> Output:
         from analyses.attention_maps import implied_attention, row_tv_distance
-        from harness.core.factory import load_model
+        from harness.conversion.factory import load_model
         from harness.report.figures import plot_attention_maps
 
         t = exp.profile.teacher(p.teacher)

@@ -4,7 +4,7 @@ helpers runners share.
 A runner declares its parameters (``Params``), validates them against the profile (``validate``),
 lists the training runs it needs (``plan``, for ``--dry-run``), names the methods its results depend
 on (``methods``) and produces tidy tables and figures (``run``). Its code fingerprint (the module it
-is defined in, what that imports, and its methods' modules; :mod:`harness.util.fingerprint`) decides
+is defined in, what that imports, and its methods' modules; :mod:`harness.training.fingerprint`) decides
 whether a finished experiment is still up to date.
 
 The registry: :func:`register_runner` puts an instance of a runner class in :data:`RUNNERS` under
@@ -28,7 +28,7 @@ import pandas as pd
 from harness.core.registry import capabilities, list_methods
 from harness.pipeline import stages
 from harness.pipeline.spec import Experiment, Profile, SpecError, read_experiment
-from harness.util.fingerprint import Fingerprint, fingerprint, method_modules, scoped_imports
+from harness.training.fingerprint import Fingerprint, fingerprint, method_modules, scoped_imports
 
 #: evaluation row columns kept in results.csv besides the scores: status ("not available offline"),
 #: the scored split, document counts and per-item results (for the report's paired tests)
@@ -63,6 +63,9 @@ class PlannedRun:
     kind: str  # pretrain | convert | scratch
     params: float
     tokens: float
+    #: the method trained and the teacher whose shape it has (for the memory plan)
+    method: str = "softmax"
+    teacher: str = ""
 
 
 class Runner:
@@ -105,7 +108,7 @@ class Runner:
     def code_fingerprint(self, exp: Experiment, params: Any) -> Fingerprint:
         """The code the experiment's results depend on: this module, what it imports at module level
         and in this runner's class, and the modules of :meth:`methods` — with their import closures
-        (:mod:`harness.util.fingerprint`)."""
+        (:mod:`harness.training.fingerprint`)."""
         module = type(self).__module__
         own = scoped_imports(module, type(self).__name__)
         return fingerprint([module, *own, *method_modules(self.methods(exp, params))], shallow=[module])
@@ -232,7 +235,7 @@ def heldout_ids(ctx: stages.Context, model_path: str, n_tokens: int, split: str 
     ``split`` (the held-out ``test`` split by default) that are long enough."""
     import torch
 
-    from harness.core.factory import load_model
+    from harness.conversion.factory import load_model
     from harness.data.corpus import load_corpus
     from harness.evaluation.models import default_tokenizer
 

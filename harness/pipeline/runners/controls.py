@@ -10,11 +10,18 @@ byte (the primary metric at byte scale):
 * control (c): the converted model before any training ("step 0");
 * the recovery score ``(scratch - converted) / (scratch - teacher)``: 1 when the conversion
   inherits all of the teacher, 0 when it is no better than training from scratch, below 0 when worse.
+
+Fair learning rates: with ``convert_lrs`` / ``scratch_lrs`` given, every conversion (method x recipe
+x budget), the no-op control and every from-scratch control is trained at each rate on the first
+seed, and the rate with the lowest loss on the **validation** split (never the held-out test split
+that the table scores) is used for all seeds. The sweep is a table of its own (``lr_sweep``) and the
+chosen rate is a column of the results.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +45,24 @@ class ControlsParams:
     fractions: list[float]
     recipes: list[str] = field(default_factory=lambda: ["paper", "transfer"])
     seeds: list[int] = field(default_factory=lambda: [0])
+    #: peak learning rates swept for conversions and the no-op control (empty: the profile's convert lr)
+    convert_lrs: list[float] = field(default_factory=list)
+    #: peak learning rates swept for the from-scratch controls (empty: the profile's pretrain lr)
+    scratch_lrs: list[float] = field(default_factory=list)
+
+
+def sweep(train: Callable[[float | None, int], Any], lrs: list[float], seeds: list[int]) -> tuple[dict[int, Any], list]:
+    """Train at every rate of ``lrs`` on the first seed, keep the rate whose run has the lowest
+    validation loss, and train the other seeds at it. ``train(lr, seed)`` returns a run (``lr``
+    None: the profile's rate, no sweep). Returns the run per seed and the sweep's
+    ``(lr, validation bits, chosen)`` points."""
+    if not lrs:
+        return {s: train(None, s) for s in seeds}, []
+    tried = {lr: train(lr, seeds[0]) for lr in lrs}
+    val = {lr: run.result.val_loss / math.log(2) for lr, run in tried.items()}
+    best = min(val, key=lambda lr: val[lr])
+    runs = {seeds[0]: tried[best], **{s: train(best, s) for s in seeds[1:]}}
+    return runs, [(lr, val[lr], lr == best) for lr in lrs]
 
 
 def recovery(scratch: float, converted: float, teacher: float) -> float:
@@ -62,15 +87,23 @@ class ControlsRunner(Runner):
     def plan(self, exp: Experiment, p: ControlsParams) -> list[PlannedRun]:
         t, n = exp.profile.teacher(p.teacher), teacher_params(exp, p.teacher)
         runs = []
+        # a sweep trains every rate on the first seed, then the chosen one on the others
+        conv_runs = len(p.convert_lrs) + len(p.seeds) - 1 if p.convert_lrs else len(p.seeds)
+        scratch_runs = len(p.scratch_lrs) + len(p.seeds) - 1 if p.scratch_lrs else len(p.seeds)
         for f in p.fractions:
-            for s in p.seeds:
-                tokens = t.tokens * f
-                runs.append(PlannedRun(stages.convert_label(t, "softmax", f, s), "convert", n, tokens))
-                for m in p.methods:
-                    runs.append(PlannedRun(stages.scratch_label(t, m, s, f) + "-control", "scratch", n, tokens))
-                    runs += [
-                        PlannedRun(f"{stages.convert_label(t, m, f, s)}-{r}", "convert", n, tokens) for r in p.recipes
-                    ]
+            tokens = t.tokens * f
+            for i in range(conv_runs):
+                runs.append(
+                    PlannedRun(f"{stages.convert_label(t, 'softmax', f, 0)}-{i}", "convert", n, tokens, teacher=t.name)
+                )
+            for m in p.methods:
+                for i in range(scratch_runs):
+                    label = f"{stages.scratch_label(t, m, 0, f)}-control-{i}"
+                    runs.append(PlannedRun(label, "scratch", n, tokens, m, t.name))
+                for r in p.recipes:
+                    for i in range(conv_runs):
+                        label = f"{stages.convert_label(t, m, f, 0)}-{r}-{i}"
+                        runs.append(PlannedRun(label, "convert", n, tokens, m, t.name))
         return runs
 
     def run(self, exp: Experiment, p: ControlsParams, ctx: stages.Context) -> Output:
@@ -85,17 +118,43 @@ class ControlsRunner(Runner):
         teacher_bpb = bpb(teacher, p.teacher, "softmax")
         step0 = {m: bpb(stages.untrained_conversion(ctx, t, teacher, m), f"{m}-step0", m) for m in p.methods}
         rows: list[dict[str, Any]] = []
+        swept: list[dict[str, Any]] = []
+
+        def lr_of(run: Any) -> float:
+            return float(run.result.summary.get("config", {}).get("lr", math.nan))
+
+        def record(method: str, recipe: str, f: float, points: list) -> None:
+            swept.extend(
+                dict(method=method, recipe=recipe, fraction=f, lr=lr, val_bpb=v, chosen=c) for lr, v, c in points
+            )
+
         for f in p.fractions:
-            for s in p.seeds:
-                noop = bpb(stages.convert(ctx, t, teacher, "softmax", f, s), "softmax", "softmax")
-                for m in p.methods:
-                    scratch = bpb(stages.scratch_control(ctx, t, teacher, m, f, s), f"{m}-scratch", m)
-                    for r in p.recipes:
-                        try:
-                            conv = bpb(stages.convert_with_recipe(ctx, t, teacher, m, f, r, s), m, m)
-                            note = ""
-                        except ObjectiveError as err:
-                            conv, note = math.nan, f"not applicable: {err}"
+            noop_runs, points = sweep(
+                lambda lr, s, f=f: stages.convert(ctx, t, teacher, "softmax", f, s, lr), p.convert_lrs, p.seeds
+            )
+            record("softmax", "no-op", f, points)
+            noop = {s: bpb(run, "softmax", "softmax") for s, run in noop_runs.items()}
+            for m in p.methods:
+                scratch_runs, points = sweep(
+                    lambda lr, s, f=f, m=m: stages.scratch_control(ctx, t, teacher, m, f, s, lr), p.scratch_lrs, p.seeds
+                )
+                record(m, "scratch", f, points)
+                scratch = {s: bpb(run, f"{m}-scratch", m) for s, run in scratch_runs.items()}
+                for r in p.recipes:
+                    try:
+                        conv_runs, points = sweep(
+                            lambda lr, s, f=f, m=m, r=r: stages.convert_with_recipe(ctx, t, teacher, m, f, r, s, lr),
+                            p.convert_lrs,
+                            p.seeds,
+                        )
+                        record(m, r, f, points)
+                        conv = {s: bpb(run, m, m) for s, run in conv_runs.items()}
+                        lrs = {s: lr_of(run) for s, run in conv_runs.items()}
+                        note = ""
+                    except ObjectiveError as err:
+                        conv, lrs = dict.fromkeys(p.seeds, math.nan), dict.fromkeys(p.seeds, math.nan)
+                        note = f"not applicable: {err}"
+                    for s in p.seeds:
                         rows.append(
                             {
                                 "method": m,
@@ -103,13 +162,15 @@ class ControlsRunner(Runner):
                                 "fraction": f,
                                 "seed": s,
                                 "tokens": stages.conversion_tokens(ctx, t, f),
-                                "converted_bpb": conv,
-                                "scratch_bpb": scratch,
+                                "lr": lrs[s],
+                                "scratch_lr": lr_of(scratch_runs[s]),
+                                "converted_bpb": conv[s],
+                                "scratch_bpb": scratch[s],
                                 "teacher_bpb": teacher_bpb,
-                                "noop_bpb": noop,
+                                "noop_bpb": noop[s],
                                 "step0_bpb": step0[m],
-                                "recovery": recovery(scratch, conv, teacher_bpb),
-                                "beats_scratch": bool(conv < scratch) if not math.isnan(conv) else None,
+                                "recovery": recovery(scratch[s], conv[s], teacher_bpb),
+                                "beats_scratch": bool(conv[s] < scratch[s]) if not math.isnan(conv[s]) else None,
                                 "note": note,
                             }
                         )
@@ -125,6 +186,8 @@ class ControlsRunner(Runner):
                 recovery=("recovery", "mean"),
                 **{"recovery sd": ("recovery", "std")},
                 seeds=("seed", "nunique"),
+                lr=("lr", "first"),
+                scratch_lr=("scratch_lr", "first"),
             )
             .sort_values(["fraction", "method", "recipe"])
         )
@@ -134,7 +197,16 @@ class ControlsRunner(Runner):
         notes = [
             "All numbers are held-out bits per byte (lower is better). Recipes spend the compute of the "
             "paper recipe on the budget, counting the teacher's forward passes (harness/training/recipes.py).",
-            "Learning rates are the profile's (convert: fine-tunes; pretrain: from-scratch controls); no "
-            "per-method learning-rate sweep was run, so a method that needs another rate looks worse than it is.",
+            (
+                f"Learning rates: each conversion and the no-op control swept over {p.convert_lrs}, each "
+                f"from-scratch control over {p.scratch_lrs}, on seed {p.seeds[0]}; the rate with the lowest "
+                "validation-split loss is used for every seed (columns lr, scratch_lr; table lr_sweep)."
+                if p.convert_lrs and p.scratch_lrs
+                else "Learning rates are the profile's (convert: fine-tunes; pretrain: from-scratch controls); no "
+                "per-method learning-rate sweep was run, so a method that needs another rate looks worse than it is."
+            ),
         ]
-        return Output(tables={"results": frame, "table": table}, figures=figures, notes=notes)
+        tables = {"results": frame, "table": table}
+        if swept:
+            tables["lr_sweep"] = pd.DataFrame(swept)
+        return Output(tables=tables, figures=figures, notes=notes)

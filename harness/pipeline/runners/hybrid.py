@@ -1,11 +1,11 @@
 """Hybrid conversions: how much of the teacher does each softmax layer (or window) buy, at what cost?
 
 For each linear method, the teacher is converted with k = 0 .. L of its layers kept as softmax
-attention, the k layers chosen by a criterion measured on the teacher (:func:`harness.conversion.hybrid.select_layers`,
+attention, the k layers chosen by a criterion measured on the teacher (:func:`analyses.hybrid.select_layers`,
 on validation documents, never the held-out test split) and, as the control, evenly spaced; and with
 LoLCATs' window + linear mixer in every layer for a few window sizes. Every configuration is fine-tuned
 on the same data and tokens, then scored on held-out bits per byte (and the profile's tasks) and
-timed decoding one token at 2K, 8K and 32K tokens of context (:func:`harness.conversion.hybrid.measure_decode`).
+timed decoding one token at 2K, 8K and 32K tokens of context (:func:`analyses.hybrid.measure_decode`).
 The Pareto front of bits per byte against decode speed says which configurations are worth having.
 """
 
@@ -78,7 +78,7 @@ class HybridRunner(Runner):
 
     def validate(self, exp: Experiment, p: HybridParams) -> None:
         super().validate(exp, p)
-        from harness.conversion.hybrid import CRITERIA
+        from analyses.hybrid import CRITERIA
 
         bad = sorted(set(p.criteria) - set(CRITERIA))
         if bad:
@@ -93,15 +93,15 @@ class HybridRunner(Runner):
     def plan(self, exp: Experiment, p: HybridParams) -> list[PlannedRun]:
         t, n = exp.profile.teacher(p.teacher), teacher_params(exp, p.teacher)
         tokens = t.tokens * p.fraction
-        labels = [f"{m}-{c}-k{k}" for m in p.methods for c in p.criteria for k in p.ks]
-        labels += [f"{m}-window{w}" for m in p.methods for w in p.windows]
-        return [PlannedRun(f"hybrid-{t.name}-{label}", "convert", n, tokens) for label in labels]
+        labels = [(m, f"{m}-{c}-k{k}") for m in p.methods for c in p.criteria for k in p.ks]
+        labels += [(m, f"{m}-window{w}") for m in p.methods for w in p.windows]
+        return [PlannedRun(f"hybrid-{t.name}-{label}", "convert", n, tokens, m, t.name) for m, label in labels]
 
     def configs(self, ctx: stages.Context, p: HybridParams, teacher_path: str) -> list[Config]:
         """Every configuration, its softmax layers chosen on the teacher (one selection per method and
         criterion, cached with the runs)."""
-        from harness.conversion.hybrid import select_layers
-        from harness.core.factory import load_model
+        from analyses.hybrid import select_layers
+        from harness.conversion.factory import load_model
 
         teacher = load_model(teacher_path)
         n_layers = teacher.config.num_hidden_layers
@@ -121,8 +121,8 @@ class HybridRunner(Runner):
         return out
 
     def run(self, exp: Experiment, p: HybridParams, ctx: stages.Context) -> Output:
-        from harness.conversion.hybrid import measure_decode
-        from harness.core.factory import load_model
+        from analyses.hybrid import measure_decode
+        from harness.conversion.factory import load_model
         from harness.report.figures import plot_pareto
 
         t = exp.profile.teacher(p.teacher)
@@ -162,7 +162,7 @@ class HybridRunner(Runner):
             f"tokens); softmax layers chosen on {p.selection_docs} validation documents of "
             f"{p.selection_tokens} tokens (criteria: {', '.join(p.criteria)}; 'even' is the control).",
             "Decode speed: one-token steps after a cache of the context's shape "
-            "(harness.conversion.hybrid.synthetic_cache: "
+            "(analyses.hybrid.synthetic_cache: "
             "random keys/values for softmax layers, a real chunked pass for the others), median of "
             f"{p.decode_repeats} calls of {p.decode_steps} steps, interleaved across models; one process, CPU.",
         ]

@@ -37,7 +37,7 @@ class KernelAblationRunner(Runner):
 
         from analyses.attention_maps import queries_keys
         from analyses.kernel_ablation import ablation_rows, slope
-        from harness.core.factory import load_model
+        from harness.conversion.factory import load_model
         from harness.report.figures import plot_kernel_ablation
 
         teacher = stages.teacher(ctx, exp.profile.teacher(p.teacher), 0)

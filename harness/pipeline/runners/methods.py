@@ -54,14 +54,23 @@ class MethodsRunner(Runner):
 
     def plan(self, exp: Experiment, p: MethodsParams) -> list[PlannedRun]:
         t, n = exp.profile.teacher(p.teacher), teacher_params(exp, p.teacher)
-        runs = [] if t.pretrained else [PlannedRun(stages.teacher_label(t, 0), "pretrain", n, t.tokens)]
+        runs = (
+            [PlannedRun(stages.teacher_label(t, 0), "pretrain", n, t.tokens, teacher=t.name)] if t.trained_here else []
+        )
         f = p.conversion_fraction
         for s in p.seeds:
-            runs += [PlannedRun(stages.convert_label(t, m, f, s), "convert", n, t.tokens * f) for m in p.methods]
+            runs += [
+                PlannedRun(stages.convert_label(t, m, f, s), "convert", n, t.tokens * f, m, t.name) for m in p.methods
+            ]
         for s in p.scratch_seeds if p.scratch_seeds is not None else p.seeds:
             runs += [
                 PlannedRun(
-                    stages.scratch_label(t, m, s, p.scratch_fraction), "scratch", n, t.tokens * p.scratch_fraction
+                    stages.scratch_label(t, m, s, p.scratch_fraction),
+                    "scratch",
+                    n,
+                    t.tokens * p.scratch_fraction,
+                    m,
+                    t.name,
                 )
                 for m in p.from_scratch
             ]

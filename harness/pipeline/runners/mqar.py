@@ -11,7 +11,7 @@ import pandas as pd
 from harness.pipeline import stages
 from harness.pipeline.runners.base import REGISTERED, Output, Runner, register_runner
 from harness.pipeline.spec import Experiment, SpecError
-from harness.util.fingerprint import fingerprint, method_modules
+from harness.training.fingerprint import fingerprint, method_modules
 
 
 @dataclass

@@ -41,7 +41,7 @@ class RecoveryRunner(Runner):
     def plan(self, exp: Experiment, p: RecoveryParams) -> list[PlannedRun]:
         t, n = exp.profile.teacher(p.teacher), teacher_params(exp, p.teacher)
         return [
-            PlannedRun(stages.convert_label(t, m, f, s), "convert", n, t.tokens * f)
+            PlannedRun(stages.convert_label(t, m, f, s), "convert", n, t.tokens * f, m, t.name)
             for m in p.methods
             for f in p.fractions
             for s in p.seeds

@@ -43,10 +43,10 @@ class ScaleRunner(Runner):
         for name in p.teachers:
             t, n = exp.profile.teacher(name), teacher_params(exp, name)
             for s in p.seeds:
-                if not t.pretrained:
-                    runs.append(PlannedRun(stages.teacher_label(t, s), "pretrain", n, t.tokens))
+                if t.trained_here:
+                    runs.append(PlannedRun(stages.teacher_label(t, s), "pretrain", n, t.tokens, teacher=t.name))
                 label = stages.convert_label(t, p.method, p.conversion_fraction, s)
-                runs.append(PlannedRun(label, "convert", n, t.tokens * p.conversion_fraction))
+                runs.append(PlannedRun(label, "convert", n, t.tokens * p.conversion_fraction, p.method, t.name))
         return runs
 
     def run(self, exp: Experiment, p: ScaleParams, ctx: stages.Context) -> Output:

@@ -42,8 +42,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.conversion.factory import decode_state_size
 from harness.conversion.mixer_swap import convert_model
-from harness.core.factory import decode_state_size
 from harness.core.hf_cache import cache_kwarg, output_cache
 from harness.core.mixer import MixerConfigError, TokenMixer
 from harness.core.modeling import MixerCache, MixerLMForCausalLM
@@ -294,7 +294,8 @@ def measure_decode(
     ``L + (warmup + repeats) * steps`` over the measurement. Calls of all (model, context) pairs are
     interleaved (:func:`harness.util.timing.time_round_robin`), device synchronised around each call.
     ``tokens_per_s`` = ``batch_size * steps`` / the median call time. ``state_numbers``: numbers
-    cached per sequence after L tokens as the layers declare them (:func:`harness.core.factory.decode_state_size`);
+    cached per sequence after L tokens as the layers declare them
+    (:func:`harness.conversion.factory.decode_state_size`);
     ``cache_numel``: the numbers the cache actually holds per sequence at L (they must agree);
     ``state_bytes``: ``cache_numel`` times the element size.
     """

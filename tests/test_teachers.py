@@ -1,0 +1,160 @@
+"""Shipped teachers and fair learning rates (issue: make the reproduction conclusive).
+
+* :func:`harness.pipeline.teachers.converge` stops at the first doubling of tokens that gains less
+  than the threshold and ships the budget before it; a curve that still pays is "not converged".
+* :func:`harness.pipeline.shipped.verify` refuses weights, shapes or corpora that disagree.
+* :func:`harness.pipeline.runners.controls.sweep` picks the rate with the lowest *validation* loss on
+  the first seed and trains the other seeds at it.
+* The report states the curve, the sweep and DiJiang's rank with its test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from harness.pipeline import shipped, stages, teachers
+from harness.pipeline.runners.controls import sweep
+from harness.pipeline.spec import Teacher, load_profile
+from harness.report.report import lr_sweep_lines, ranking_lines, teachers_section
+from harness.util.errors import UserError
+
+LN2 = math.log(2)
+
+
+def fake_run(tokens: int, bits: float, out: Path) -> stages.Run:
+    model = out / "model"
+    model.mkdir(parents=True, exist_ok=True)
+    (model / "model.safetensors").write_bytes(f"weights {tokens}".encode())
+    (model / "config.json").write_text("{}")
+    result = SimpleNamespace(
+        val_loss=bits * LN2,
+        wall_time_s=1.0,
+        out_dir=str(out),
+        model_dir=str(model),
+        summary={"corpus": {"hash": "abc"}, "config": {"lr": 1e-3}, "n_params": 10},
+    )
+    return stages.Run(label=out.name, result=result, method="softmax", tokens=tokens)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def curve_of(monkeypatch, tmp_path):
+    """Make ``converge`` train nothing: validation bits per byte come from ``bits[tokens]``."""
+
+    def install(bits: dict[int, float]) -> list[int]:
+        trained: list[int] = []
+
+        def run_training(ctx, label, config, method):
+            trained.append(config.tokens)
+            return fake_run(config.tokens, bits[config.tokens], tmp_path / label)
+
+        monkeypatch.setattr(teachers, "run_training", run_training)
+        return trained
+
+    ctx = stages.Context(load_profile("tiny"), results_dir=tmp_path)
+    return ctx, install
+
+
+def test_converge_ships_the_budget_before_the_first_doubling_that_stopped_paying(curve_of):
+    ctx, install = curve_of
+    k = 4096
+    trained = install({k: 3.0, 2 * k: 2.5, 4 * k: 2.3, 8 * k: 2.28, 16 * k: 2.0})
+    curve, run, converged = teachers.converge(ctx, ctx.profile.teacher("tiny-m"), start_tokens=k)
+    assert trained == [k, 2 * k, 4 * k, 8 * k]  # 4k -> 8k gained < 2 %: stop, never train 16k
+    assert converged and run.tokens == 4 * k
+    assert curve[1].gain == pytest.approx(0.5 / 3.0) and curve[-1].gain == pytest.approx(0.02 / 2.3)
+
+
+def test_a_curve_that_still_pays_is_not_called_converged(curve_of):
+    ctx, install = curve_of
+    k = 4096
+    install({k: 3.0, 2 * k: 2.5, 4 * k: 2.0})
+    curve, run, converged = teachers.converge(ctx, ctx.profile.teacher("tiny-m"), start_tokens=k, max_doublings=2)
+    assert not converged and run.tokens == 4 * k and len(curve) == 3
+
+
+def shipped_teacher(tmp_path: Path, **change) -> tuple[Teacher, Path]:
+    profile = load_profile("tiny")
+    t = profile.teacher("tiny-m")
+    run = fake_run(4000, 2.3, tmp_path / "run")
+    curve = [teachers.CurvePoint(4000, 2.3, None, 1.0, "x")]
+    t = Teacher(name=t.name, tokens=4000, shape=dict(t.shape))
+    dest = teachers.ship(profile, t, run, curve, True, root=tmp_path / "teachers")
+    t = Teacher(name=t.name, tokens=change.get("tokens", 4000), shape=dict(t.shape), shipped=str(dest))
+    return t, dest
+
+
+def test_shipping_never_overwrites_and_verify_checks_weights_shape_and_corpus(tmp_path):
+    t, dest = shipped_teacher(tmp_path)
+    assert dest.name == "tiny-m-v1" and shipped.verify(t, {"hash": "abc"}) == dest
+    meta = json.loads((dest / "teacher.json").read_text())
+    assert (
+        meta["converged"]
+        and meta["tokens"] == 4000
+        and meta["sha256"] == shipped.sha256_file(dest / "model.safetensors")
+    )
+    _, again = shipped_teacher(tmp_path)
+    assert again.name == "tiny-m-v2"  # a new version, the first one untouched
+    with pytest.raises(UserError, match="corpus"):
+        shipped.verify(t, {"hash": "another"})
+    wrong_tokens = Teacher(name=t.name, tokens=8000, shape=t.shape, shipped=t.shipped)
+    with pytest.raises(UserError, match="make them agree"):
+        shipped.verify(wrong_tokens)
+    (dest / "model.safetensors").write_bytes(b"edited")
+    with pytest.raises(UserError, match="sha256"):
+        shipped.verify(t)
+
+
+def test_stages_convert_the_shipped_teacher_instead_of_training_one(tmp_path, monkeypatch):
+    t, dest = shipped_teacher(tmp_path)
+    monkeypatch.setattr(stages, "run_training", lambda *a, **k: pytest.fail("a shipped teacher was retrained"))
+    ctx = stages.Context(load_profile("tiny"), results_dir=tmp_path)
+    assert stages.teacher(ctx, t) == str(dest)
+
+
+def test_sweep_selects_on_validation_loss_and_reuses_the_chosen_rate():
+    calls = []
+    val = {1e-4: 3.0, 1e-3: 2.0, 1e-2: 2.5}
+
+    def train(lr, seed):
+        calls.append((lr, seed))
+        return SimpleNamespace(result=SimpleNamespace(val_loss=val[lr] * LN2 + 0.01 * seed))
+
+    runs, points = sweep(train, [1e-4, 1e-3, 1e-2], [0, 1, 2])
+    assert calls == [(1e-4, 0), (1e-3, 0), (1e-2, 0), (1e-3, 1), (1e-3, 2)]
+    assert [p[2] for p in points] == [False, True, False] and points[1][1] == pytest.approx(2.0)
+    assert set(runs) == {0, 1, 2}
+    no_sweep, none = sweep(lambda lr, seed: (lr, seed), [], [0, 1])
+    assert no_sweep == {0: (None, 0), 1: (None, 1)} and none == []
+
+
+def test_report_shows_the_sweep_and_dijiangs_rank_with_its_test(tmp_path):
+    pd.DataFrame(
+        [
+            dict(method="dijiang", recipe="paper", fraction=0.0625, lr=lr, val_bpb=v, chosen=lr == 1e-3)
+            for lr, v in ((3e-4, 3.1), (1e-3, 3.0), (3e-3, 3.2))
+        ]
+    ).to_csv(tmp_path / "lr_sweep.csv", index=False)
+    text = "\n".join(lr_sweep_lines(tmp_path))
+    row = next(x for x in text.splitlines() if "dijiang" in x).split("|")
+    assert [c.strip() for c in row[4:7]] == ["3.1", "**3.000**", "3.2"]  # columns lr 0.0003, 0.001, 0.003
+    assert "lr 0.0003" in text and "lr 0.003" in text
+    rows = [
+        dict(method=m, recipe="paper", fraction=0.0625, seed=s, converted_bpb=base + 0.001 * s)
+        for m, base in (("dijiang", 3.0), ("retnet", 3.5), ("performer", 2.9))
+        for s in range(3)
+    ]
+    line = "\n".join(ranking_lines(pd.DataFrame(), pd.DataFrame(rows)))
+    assert "ranks **2 of 3**" in line
+    assert "retnet +0.500 bpb (p < 0.001, significant)" in line and "performer -0.100" in line
+
+
+def test_report_states_each_shipped_teachers_curve(tmp_path):
+    t, dest = shipped_teacher(tmp_path)
+    text = "\n".join(teachers_section({"tiny-m": str(dest)}))
+    assert "**tiny-m**" in text and "converged" in text and "4,000 tokens" in text and "2.300" in text
