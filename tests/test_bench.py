@@ -303,3 +303,39 @@ def test_supervisor_records_stuck_and_crashed_points_and_restarts(tmp_path, monk
     got = {r["seq_len"]: r for r in json.loads(store_path.read_text())["rows"]}
     assert got[64]["skip_kind"] == "timeout" and "hard deadline" in got[64]["skip_reason"]
     assert got[128]["skip_kind"] == "error" and "SIGSEGV" in got[128]["skip_reason"]
+
+
+def test_batch_sizes_sweep_each_batch_into_one_file_with_sections_and_plots(tmp_path, capsys):
+    args = ["--methods", "softmax", "--lengths", "16,32", "--phases", "prefill,decode", "--batch-sizes", "2,1"]
+    assert bench(tmp_path, *args, *FAST, "--peak-tflops", "0.1", "--peak-bandwidth-gbs", "5") == 0
+    got = rows(tmp_path)
+    assert sorted({r["batch"] for r in got}) == [1, 2] and len(got) == 2 * 2 * 2
+    assert len({r["settings_key"] for r in got}) == 2  # the batch size is part of the settings
+    by = {(r["batch"], r["seq_len"], r["phase"]): r for r in got}
+    for L in (16, 32):
+        for phase in ("prefill", "decode"):
+            one, two = by[(1, L, phase)], by[(2, L, phase)]
+            assert one["status"] == two["status"] == "ok"
+            assert two["tokens_per_s"] == pytest.approx(2 * two["tokens"] / two["time_median_s"])
+            assert one["cache_numel"] == two["cache_numel"]  # per sequence
+    md = (tmp_path / "t.md").read_text()
+    assert "## tiny (whole model), batch 1" in md and "## tiny (whole model), batch 2" in md
+    assert (tmp_path / "t-tiny.png").is_file() and (tmp_path / "t-tiny-b2.png").is_file()
+    out = capsys.readouterr().out
+    assert out.index("batch 1:") < out.index("batch 2:")  # smaller batches first
+    # resuming one batch size reuses its points, the report still covers the requested ones
+    assert bench(tmp_path, "--methods", "softmax", "--lengths", "16,32", "--phases", "prefill,decode", *FAST) == 0
+    assert len(rows(tmp_path)) == 8
+    assert "batch 2" not in (tmp_path / "t.md").read_text()
+
+
+def test_batch_sizes_and_peaks_are_validated(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench(tmp_path, "--batch-sizes", "1,0")
+    assert "positive integer" in capsys.readouterr().err
+    assert bench(tmp_path, "--methods", "softmax", "--shapes", "tiny", "--lengths", "16", "--peak-tflops", "1") == 2
+    assert "--peak-bandwidth-gbs" in capsys.readouterr().err
+    from harness.bench.cli import _select_methods
+
+    assert _select_methods("all", print)[-1] == "hf-softmax"
+    assert _select_methods("softmax,hf-softmax", print) == ["softmax", "hf-softmax"]

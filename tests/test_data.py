@@ -158,3 +158,25 @@ def test_sampler_is_resumable_and_layout_independent():
         assert np.array_equal(np.concatenate(parts), s.global_indices(2))
     with pytest.raises(ValueError, match="not divisible"):
         s.shard(0, 0, 3, 0, 1)
+
+
+def test_the_pile_is_named_in_one_place(monkeypatch):
+    """``data: pile`` (the paper profile, the training configs) resolves to the one dataset id of
+    ``harness.data.corpus.ALIASES``; no other file spells a Pile dataset id."""
+    import re
+    from pathlib import Path
+
+    from harness.data import corpus
+
+    seen = []
+    monkeypatch.setattr(corpus, "load_hf", lambda spec: seen.append(spec))
+    corpus.load_corpus("pile")
+    assert seen == ["hf:monology/pile-uncopyrighted"]
+    repo = Path(__file__).resolve().parents[1]
+    spelled = [
+        str(p.relative_to(repo))
+        for folder in ("experiments", "configs", "harness")
+        for p in (repo / folder).rglob("*")
+        if p.suffix in (".yaml", ".json", ".py") and re.search(r"hf:[\w-]+/pile", p.read_text())
+    ]
+    assert spelled == ["harness/data/corpus.py"], spelled

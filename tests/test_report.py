@@ -193,3 +193,24 @@ def test_paper_quirks_are_stated():
     assert "LLaMA2-7B's printed average is 0.565" in t3 and "mean of its 11 cells is 0.556" in t3
     t2 = "\n".join(paper_quirks(paper_wide(PAPER_DIR, "table2_methods"), "Table 2"))
     assert "Linformer 0.635 (= 66/104)" in t2 and "constant-class" in t2 and "DiJiang" not in t2.split("gives")[0]
+
+
+def test_hybrid_report_weighs_the_criterion_against_even_spacing_and_prices_each_layer():
+    from harness.report.report import criterion_lines, per_layer_lines
+
+    rows = [
+        dict(label="dj-even-k0", method="dijiang", criterion="even", k=0, softmax_layers="", bpb=3.0),
+        dict(label="dj-even-k1", method="dijiang", criterion="even", k=1, softmax_layers="1", bpb=2.8),
+        dict(label="dj-transfer-k1", method="dijiang", criterion="transfer", k=1, softmax_layers="2", bpb=2.7),
+        dict(label="dj-even-k2", method="dijiang", criterion="even", k=2, softmax_layers="0,2", bpb=2.5),
+    ]
+    speed = {0: 400.0, 1: 300.0, 2: 200.0}
+    for r in rows:
+        r["decode_tokens_per_s_8192"] = speed[r["k"]]
+        r["state_8192"] = 1000.0 * (1 + 10 * r["k"])
+    table = pd.DataFrame(rows)
+    crit = "\n".join(criterion_lines(table))
+    assert "transfer keeps layer(s) 2, evenly spaced 1: -0.100 bpb" in crit
+    layer = "\n".join(per_layer_lines(table, ["decode_tokens_per_s_8192"]))
+    assert "dijiang (even), k 0 -> 1: -0.200 bpb for 0.75x the decode speed and 11.00x the state" in layer
+    assert "k 1 -> 2: -0.300 bpb for 0.67x" in layer

@@ -6,6 +6,7 @@ See ``harness/bench/README.md`` for the protocol, the outputs and how to run it 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -13,12 +14,15 @@ from typing import Any
 
 import torch
 
-from harness.bench import summary
+from harness.bench import device as bench_device
+from harness.bench import reference, summary
+from harness.bench.device import resolve_device
 from harness.bench.plot import plot_shapes
+from harness.bench.roofline import Peaks, peaks_from_rows, roofline_table
 from harness.bench.shapes import SHAPES, UnknownShapeError, get_shape
 from harness.bench.store import ResultsFileError, ResultStore
 from harness.bench.supervise import is_command_line, supervise
-from harness.bench.sweep import Sweep, SweepSettings, resolve_device
+from harness.bench.sweep import Sweep, SweepSettings
 from harness.bench.workloads import PHASES
 from harness.report.bench_analysis import analyse
 from harness.util.io import atomic_write_json, atomic_write_text
@@ -51,6 +55,23 @@ def _lengths(text: str) -> list[int]:
     return sorted(set(out))
 
 
+def _batch_sizes(text: str) -> list[int]:
+    out = [_positive_int(t) for t in _csv(text)]
+    if not out:
+        raise argparse.ArgumentTypeError("--batch-sizes needs at least one batch size, e.g. 1,8")
+    return sorted(set(out))
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
 def _cap(text: str) -> int | None:
     return None if text.lower() in ("none", "all", "0") else _positive_int(text)
 
@@ -72,7 +93,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "sequence length, at layer-level shapes of Pythia/LLaMA2 and whole tiny models."
     )
     g = parser.add_argument_group("what to measure")
-    g.add_argument("--methods", default="all", help="comma-separated method names, or 'all' registered (default)")
+    g.add_argument(
+        "--methods",
+        default="all",
+        help=f"comma-separated method names, or 'all' registered (default) plus {reference.NAME!r}, the "
+        "transformers reference (transformers' own GPT-NeoX/LLaMA model, SDPA attention, DynamicCache)",
+    )
     g.add_argument(
         "--shapes",
         default=DEFAULT_SHAPES,
@@ -84,6 +110,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset of prefill,decode,train")
     g.add_argument("--decode-tokens", type=_positive_int, default=128, help="tokens decoded after the prompt")
     g.add_argument("--batch", type=_positive_int, default=1, help="sequences per batch (default 1)")
+    g.add_argument(
+        "--batch-sizes",
+        type=_batch_sizes,
+        default=None,
+        help="comma-separated batch sizes, each swept in turn into the same results file, e.g. 1,8 (overrides --batch)",
+    )
     g.add_argument(
         "--max-seq-len",
         type=_max_seq_len,
@@ -99,6 +131,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=None,
         help="torch CPU threads (default: torch's current setting); fixed and recorded",
+    )
+    g.add_argument(
+        "--peak-tflops",
+        type=_positive_float,
+        default=None,
+        help="device peak TFLOP/s for the roofline columns (default: measured, a large matmul in --dtype)",
+    )
+    g.add_argument(
+        "--peak-bandwidth-gbs",
+        type=_positive_float,
+        default=None,
+        help="device memory bandwidth GB/s for the roofline columns (default: measured, a large matrix-vector product)",
     )
     g = parser.add_argument_group("protocol and budgets")
     g.add_argument(
@@ -169,13 +213,16 @@ def _select_methods(spec: str, err: Any) -> list[str]:
 
     registered = list_methods()
     if spec.strip().lower() == "all":
-        return registered
+        return [*registered, reference.NAME]
     chosen = []
     for name in _csv(spec):
-        if name in registered:
+        if name in registered or reference.is_reference(name):
             chosen.append(name)
         else:
-            err(f"unknown method {name!r} skipped; registered methods: {', '.join(registered)}")
+            err(
+                f"unknown method {name!r} skipped; registered methods: {', '.join(registered)} "
+                f"(and {reference.NAME}, the transformers reference)"
+            )
     return chosen
 
 
@@ -233,6 +280,11 @@ def _main(args: argparse.Namespace) -> int:
             "(see --methods, --shapes, --phases; `python -m harness methods` lists methods, --list-shapes shapes)"
         )
         return 2
+    try:
+        given_peaks = _given_peaks(args)
+    except ValueError as e:
+        err(str(e))
+        return 2
     if args.lengths is not None:
         lengths = args.lengths
     else:
@@ -254,6 +306,7 @@ def _main(args: argparse.Namespace) -> int:
     mem_budget = None if args.mem_budget_gb is None else int(args.mem_budget_gb * 2**30)
     if mem_budget is None:
         mem_budget = _default_mem_budget(device)
+    batch_sizes = args.batch_sizes or [args.batch]
     settings = SweepSettings(
         methods=methods,
         shapes=shapes,
@@ -261,7 +314,7 @@ def _main(args: argparse.Namespace) -> int:
         phases=phases,
         device=str(device),
         dtype=args.dtype,
-        batch=args.batch,
+        batch=batch_sizes[0],
         decode_tokens=args.decode_tokens,
         threads=torch.get_num_threads(),
         max_seq_len=args.max_seq_len,
@@ -283,33 +336,42 @@ def _main(args: argparse.Namespace) -> int:
     except ResultsFileError as e:
         err(str(e))
         return 2
-    sweep = Sweep(
-        settings,
-        store,
-        log=lambda m: print(m, flush=True),
-        run_id=args.run_id,
-        heartbeat=args.worker_heartbeat,
-        tune_malloc=args.worker_heartbeat is not None or is_command_line(),
-    )
+    peaks = given_peaks
     if not args.report_only:
-        print(
-            f"bench: {len(methods)} method(s) x {len(shapes)} shape(s) x {len(lengths)} length(s) on "
-            f"{sweep.meta['device_name']}, {args.dtype}, {torch.get_num_threads()} thread(s) -> {json_path}",
-            flush=True,
-        )
-        try:
-            rep = sweep.run()
-        except KeyboardInterrupt:
-            err(f"interrupted; {json_path} holds every finished point, re-run the same command to continue")
-            return 130
-        print(
-            f"bench: measured {rep.measured}, skipped {rep.skipped}, reused {rep.reused} phase points "
-            f"in {rep.elapsed_s:.0f} s",
-            flush=True,
-        )
-        if rep.not_run:
+        t0 = time.perf_counter()
+        not_run: list[str] = []
+        for batch in batch_sizes:
+            left = None if args.total_budget_s is None else args.total_budget_s - (time.perf_counter() - t0)
+            batch_settings = dataclasses.replace(settings, batch=batch, total_budget_s=left)
+            sweep = Sweep(
+                batch_settings,
+                store,
+                log=lambda m: print(m, flush=True),
+                run_id=args.run_id,
+                heartbeat=args.worker_heartbeat,
+                tune_malloc=args.worker_heartbeat is not None or is_command_line(),
+                peaks=peaks,
+            )
+            print(
+                f"bench: {len(methods)} method(s) x {len(shapes)} shape(s) x {len(lengths)} length(s), batch {batch}, "
+                f"on {sweep.meta['device_name']}, {args.dtype}, {torch.get_num_threads()} thread(s) -> {json_path}",
+                flush=True,
+            )
+            try:
+                rep = sweep.run()
+            except KeyboardInterrupt:
+                err(f"interrupted; {json_path} holds every finished point, re-run the same command to continue")
+                return 130
+            peaks = sweep.peaks  # measured once, for every batch size
+            not_run += rep.not_run
+            print(
+                f"bench: batch {batch}: measured {rep.measured}, skipped {rep.skipped}, reused {rep.reused} phase "
+                f"points in {rep.elapsed_s:.0f} s",
+                flush=True,
+            )
+        if not_run:
             msg = (
-                f"{len(rep.not_run)} phase points not run: --total-budget-s {args.total_budget_s:g} reached; "
+                f"{len(not_run)} phase points not run: --total-budget-s {args.total_budget_s:g} reached; "
                 "re-run the same command to continue"
             )
             err(msg)
@@ -318,8 +380,12 @@ def _main(args: argparse.Namespace) -> int:
         notes.append(f"training step measured up to L = {settings.train_max_len:,} (--train-max-len).")
     if settings.decode_max_len is not None and "decode" in phases and max(lengths) > settings.decode_max_len:
         notes.append(f"decoding measured up to L = {settings.decode_max_len:,} (--decode-max-len).")
-    keys = {name: settings.settings_key(shape, device) for name, shape in SHAPES.items()}
-    rows = [r for r in store.all_rows() if keys.get(r["shape"]) == r["settings_key"]]
+    keys = {
+        (name, dataclasses.replace(settings, batch=b).settings_key(shape, device))
+        for name, shape in SHAPES.items()
+        for b in batch_sizes
+    }
+    rows = [r for r in store.all_rows() if (r["shape"], r["settings_key"]) in keys]
     if not rows and args.report_only and store.all_rows():  # e.g. --threads differs: report the newest run's
         newest = max(r["run_id"] for r in store.all_rows())
         wanted = {r["settings_key"] for r in store.all_rows() if r["run_id"] == newest}
@@ -338,9 +404,10 @@ def _main(args: argparse.Namespace) -> int:
             f"{p['long_run_s']:g} s is timed once; budget {p['budget_s']:g} s per point; {p['threads']} torch "
             "thread(s).",
         )
-    atomic_write_text(out_dir / f"{stem}.md", summary.render(rows, notes))
-    atomic_write_json(out_dir / f"{stem}-summary.json", analyse(rows))
-    title = f"{rows[0]['device_name']}, {args.dtype}, {rows[0]['threads']} threads, batch {args.batch}"
+    peaks = given_peaks or peaks_from_rows(rows)
+    atomic_write_text(out_dir / f"{stem}.md", summary.render(rows, notes, peaks=peaks))
+    atomic_write_json(out_dir / f"{stem}-summary.json", {**analyse(rows), "roofline": roofline_table(rows, peaks)})
+    title = f"{rows[0]['device_name']}, {args.dtype}, {rows[0]['threads']} threads"
     written = [] if args.no_plot else plot_shapes(rows, out_dir / stem, title)
     print(
         f"bench: wrote {json_path}, {out_dir / (stem + '.md')}, {out_dir / (stem + '-summary.json')}"
@@ -365,9 +432,24 @@ def _fresh(args: argparse.Namespace, json_path: Path) -> None:
         print(f"bench: kept the previous results as {backup}", flush=True)
 
 
+def _given_peaks(args: argparse.Namespace) -> Peaks | None:
+    """The roofline's device peaks from ``--peak-tflops`` and ``--peak-bandwidth-gbs`` (both, or none:
+    then they are measured by the sweep, or read from the rows)."""
+    if args.peak_tflops is None and args.peak_bandwidth_gbs is None:
+        return None
+    if args.peak_tflops is None or args.peak_bandwidth_gbs is None:
+        raise ValueError("give both --peak-tflops and --peak-bandwidth-gbs, or neither (then they are measured)")
+    return Peaks(
+        args.peak_tflops * 1e12,
+        args.peak_bandwidth_gbs * 1e9,
+        f"given: {args.peak_tflops:g} TFLOP/s, {args.peak_bandwidth_gbs:g} GB/s",
+    )
+
+
 def _default_mem_budget(device: torch.device) -> int | None:
-    if device.type == "cuda":
-        return int(0.9 * torch.cuda.get_device_properties(device).total_memory)
+    total = bench_device.device_ops(device).total_memory()
+    if total is not None:  # an accelerator: 90% of its memory
+        return int(0.9 * total)
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):

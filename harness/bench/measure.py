@@ -8,7 +8,8 @@ range, min, max) of several repeats are reported.
 Peak memory:
 
 * CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (caching-allocator
-  level), minus what was allocated before the run.
+  level), minus what was allocated before the run. Every such call, and every ``synchronize`` around
+  a timed run, goes through the device's :class:`~harness.bench.device.DeviceOps`.
 * CPU (Linux): the process's *peak resident memory* during the warm-up run, above its resident
   memory when the run started — ``VmHWM`` of ``/proc/self/status`` after resetting it by writing
   ``5`` to ``/proc/self/clear_refs``, in the measuring process itself (no fresh process per point:
@@ -29,12 +30,15 @@ import os
 import signal
 import statistics
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 
-from harness.util.timing import libc, set_malloc_policy, synchronize, time_once
+from harness.bench import device as bench_device
+from harness.bench.device import DeviceOps
+from harness.util.timing import libc, set_malloc_policy
 
 CPU_RSS_METHOD = (
     "cpu: peak resident memory (VmHWM reset via /proc/self/clear_refs) above the RSS at the run's start, "
@@ -175,45 +179,63 @@ def prepare_cpu_memory() -> bool:
     return _MALLOC_TUNED
 
 
-def _rss_peak_run(fn: Callable[[], object], device: torch.device) -> tuple[float, int]:
+def as_ops(device: torch.device | DeviceOps) -> DeviceOps:
+    """``device`` itself if it is a :class:`DeviceOps`, else :func:`harness.bench.device.device_ops` of it."""
+    return device if isinstance(device, DeviceOps) else bench_device.device_ops(device)
+
+
+def time_once(fn: Callable[[], object], device: torch.device | DeviceOps) -> float:
+    """Seconds of one call of ``fn``, the device synchronised on both sides (as ``torch.utils.benchmark``;
+    the same protocol as :func:`harness.util.timing.time_once`, through :class:`DeviceOps`)."""
+    ops = as_ops(device)
+    ops.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    ops.synchronize()
+    return time.perf_counter() - t0
+
+
+def _rss_peak_run(fn: Callable[[], object], ops: DeviceOps) -> tuple[float, int]:
     libc().malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # VmHWM := VmRSS
     base = _status_bytes("VmRSS:") or 0
-    seconds = time_once(fn, device)
+    seconds = time_once(fn, ops)
     return seconds, max(0, (_status_bytes("VmHWM:") or 0) - base)
 
 
-def run_with_memory(fn: Callable[[], object], device: torch.device) -> tuple[float, int | None, int | None]:
+def run_with_memory(fn: Callable[[], object], device: torch.device | DeviceOps) -> tuple[float, int | None, int | None]:
     """One (warm-up) run of ``fn`` measuring its peak memory (see the module docstring).
 
     Returns ``(seconds, peak_bytes_above_start, peak_total_bytes)``; the total is known on CUDA only.
     """
-    if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        seconds = time_once(fn, device)
-        total = torch.cuda.max_memory_allocated(device)
+    ops = as_ops(device)
+    if ops.has_allocator_stats:
+        ops.synchronize()
+        ops.reset_peak_memory()
+        before = ops.memory_allocated() or 0
+        seconds = time_once(fn, ops)
+        total = ops.max_memory_allocated() or 0
         return seconds, total - before, total
-    if device.type == "cpu" and rss_peak_supported():
-        seconds, peak = _rss_peak_run(fn, device)
+    if ops.kind == "cpu" and rss_peak_supported():
+        seconds, peak = _rss_peak_run(fn, ops)
         return seconds, peak, None
-    if device.type == "cpu":
+    if ops.kind == "cpu":
         from torch.profiler import ProfilerActivity, profile
 
         os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # kineto prints two lines per profile otherwise
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            seconds = time_once(fn, device)
+            seconds = time_once(fn, ops)
         return seconds, _allocation_peak(prof), None
-    return time_once(fn, device), None, None
+    return time_once(fn, ops), None, None
 
 
-def memory_method(device: torch.device) -> str:
+def memory_method(device: torch.device | DeviceOps) -> str:
     """How :func:`run_with_memory` measures memory on ``device``."""
-    if device.type == "cuda":
+    ops = as_ops(device)
+    if ops.has_allocator_stats:
         return CUDA_MEMORY_METHOD
-    if device.type == "cpu":
+    if ops.kind == "cpu":
         if not rss_peak_supported():
             return CPU_PROFILER_METHOD
         return CPU_RSS_METHOD if _MALLOC_TUNED else CPU_RSS_METHOD_UNTUNED

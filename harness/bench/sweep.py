@@ -33,7 +33,9 @@ from typing import Any
 
 import torch
 
-from harness.bench import measure
+from harness.bench import device as bench_device
+from harness.bench import measure, reference, roofline
+from harness.bench.device import resolve_device
 from harness.bench.shapes import Shape
 from harness.bench.store import ResultStore, row_key
 from harness.bench.workloads import (
@@ -52,7 +54,6 @@ from harness.core.mixer import MixerConfigError
 from harness.core.registry import get_method
 from harness.util.io import atomic_write_json
 from harness.util.provenance import device_name, environment, utc_now
-from harness.util.timing import time_once
 
 BENCH_VERSION = 2
 #: skip kinds that a later run retries automatically when its budget is larger
@@ -101,16 +102,6 @@ class SweepSettings:
             "shape": shape.key(),
         }
         return hashlib.sha1(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA where available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch.cuda.is_available() is False; use --device cpu.")
-    return dev
 
 
 def max_len_for(settings: SweepSettings, shape: Shape, seq_len: int) -> int:
@@ -222,6 +213,7 @@ class Sweep:
         run_id: str | None = None,
         heartbeat: Path | None = None,
         tune_malloc: bool = False,
+        peaks: roofline.Peaks | None = None,
     ) -> None:
         self.s = settings
         self.store = store
@@ -229,12 +221,16 @@ class Sweep:
         self.heartbeat = heartbeat
         #: (shape, method, phase) -> (shortest length, kind) that ran out of memory or time
         self.failed: dict[tuple, tuple[int, str]] = {}
-        self.device = resolve_device(settings.device)
+        #: every device-specific call (synchronise, memory counters, cache release) goes through this
+        self.ops = bench_device.device_ops(resolve_device(settings.device))
+        self.device = self.ops.device
         self.dtype = getattr(torch, settings.dtype)
+        #: device peaks of the roofline columns: given, or measured before the first point measured
+        self.peaks = peaks
         if settings.threads:
             torch.set_num_threads(settings.threads)
         if tune_malloc:  # a process that only measures (the CLI): tune glibc, and let gc skip the imports
-            if self.device.type == "cpu":
+            if self.ops.kind == "cpu":
                 measure.prepare_cpu_memory()
             gc.collect()
             gc.freeze()  # the ~10^6 objects of torch/transformers are never garbage: 0.2 s -> ms per collect
@@ -253,7 +249,7 @@ class Sweep:
             "run_id": self.run_id,
             "date": utc_now(),
             "method": method,
-            "method_kind": get_method(method).kind,
+            "method_kind": reference.KIND if reference.is_reference(method) else get_method(method).kind,
             "shape": shape.name,
             "shape_kind": shape.kind,
             "seq_len": seq_len,
@@ -268,7 +264,7 @@ class Sweep:
             "max_repeats": self.s.max_repeats,
             "long_run_s": self.s.long_run_s,
             "mem_budget_bytes": self.s.mem_budget_bytes,
-            "mem_method": measure.memory_method(self.device),
+            "mem_method": measure.memory_method(self.ops),
         }
 
     def _wants(self, row: dict[str, Any] | None) -> bool:
@@ -314,7 +310,7 @@ class Sweep:
         """Measure every point (lengths outermost, so short lengths finish first for all methods)."""
         total = len(self.s.lengths) * len(self.s.shapes) * len(self.s.methods)
         i = 0
-        guard = self.s.mem_budget_bytes + 2**30 if self.device.type == "cpu" and self.s.mem_budget_bytes else None
+        guard = self.s.mem_budget_bytes + 2**30 if self.ops.kind == "cpu" and self.s.mem_budget_bytes else None
         with measure.address_space_limit(guard):
             for seq_len in sorted(self.s.lengths):
                 for shape in self.s.shapes:
@@ -342,7 +338,13 @@ class Sweep:
         if self._over_total():
             self.report.not_run += [f"{shape.name}/{method}/L={seq_len}/{r['phase']}" for r in todo]
             return
-        self.log(f"{tag} {shape.name} {method} L={seq_len}")
+        self.log(f"{tag} {shape.name} {method} L={seq_len} batch {self.s.batch}")
+        if self.peaks is None:
+            self.peaks = roofline.measure_peaks(self.ops, self.dtype)
+            self.log(
+                f"  device peaks for the roofline: {self.peaks.flops / 1e9:,.1f} GFLOP/s, "
+                f"{self.peaks.bandwidth / 1e9:,.1f} GB/s ({self.peaks.source})"
+            )
         model = workload = None
         try:
             model = build_model(shape, method, max_len_for(self.s, shape, seq_len), self.device, self.dtype)
@@ -358,6 +360,9 @@ class Sweep:
             "params": param_count(model),
             "weights_bytes": weights_bytes(model),
             "input_bytes": workload.input_bytes(),
+            "peak_flops": self.peaks.flops,
+            "peak_bandwidth": self.peaks.bandwidth,
+            "peak_source": self.peaks.source,
         }
         for row in todo:
             row.update(static)
@@ -381,8 +386,7 @@ class Sweep:
 
     def _cleanup(self) -> None:
         gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        self.ops.empty_cache()
 
     def _phase(self, w: Workload, row: dict[str, Any]) -> dict[str, Any]:
         phase, seq_len = row["phase"], row["seq_len"]
@@ -434,10 +438,10 @@ class Sweep:
         phase = w.phase(row["phase"])  # for decode this prefills the prompt if needed
         t_start = time.perf_counter()
         phase.reset()
-        warm_s, mem, mem_total = measure.run_with_memory(phase.run, self.device)
+        warm_s, mem, mem_total = measure.run_with_memory(phase.run, self.ops)
         row.update(warmup_runs=1, warmup_time_s=warm_s, mem_peak_bytes=mem, mem_peak_total_bytes=mem_total)
         phase.reset()
-        first = time_once(phase.run, self.device)
+        first = measure.time_once(phase.run, self.ops)
         timing = measure.Timing([first])
         spent = time.perf_counter() - t_start
         n = measure.plan_repeats(
@@ -451,7 +455,7 @@ class Sweep:
             if time.perf_counter() - t_start > self.s.budget_s:  # the machine slowed down: stop in budget
                 break
             phase.reset()
-            timing.times.append(time_once(phase.run, self.device))
+            timing.times.append(measure.time_once(phase.run, self.ops))
         row.update(timing.summary())
         row["wall_s"] = time.perf_counter() - t_start  # warm-up, repeats and resets: what the point cost
         row["tokens"] = phase.tokens

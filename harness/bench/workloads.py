@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.bench import reference
 from harness.bench.shapes import Shape
 from harness.conversion.factory import ModelSpec, decode_state_size
 from harness.conversion.factory import build_model as build_from_spec
@@ -59,8 +60,12 @@ def build_model(shape: Shape, method: str, max_seq_len: int, device: torch.devic
     built by :func:`harness.conversion.factory.build_model`: the suite's decoder holding the method (one block
     without a head for a layer shape), or — for a method of kind ``model`` (a whole architecture, e.g.
     Mamba) — that architecture sized to the softmax model of the shape's parameter count (for a
-    layer shape the config has one block, so the model matches one block's parameter count).
+    layer shape the config has one block, so the model matches one block's parameter count). The
+    pseudo-method ``hf-softmax`` is transformers' own model of the shape
+    (:func:`harness.bench.reference.build_reference`).
     """
+    if reference.is_reference(method):
+        return reference.build_reference(shape, max_seq_len, device, dtype)
     torch.manual_seed(0)
     if is_architecture(method):
         spec = ModelSpec(method, config=build_config(shape, "softmax", max_seq_len))
@@ -71,7 +76,10 @@ def build_model(shape: Shape, method: str, max_seq_len: int, device: torch.devic
 
 def declared_state_size(model: nn.Module, seq_len: int, method: str) -> int | None:
     """:func:`harness.conversion.factory.decode_state_size` after ``seq_len`` tokens (numbers per sequence), or
-    None for a mixer that declares none."""
+    None for a mixer that declares none; for the transformers reference, its KV cache's size
+    (:func:`harness.bench.reference.kv_cache_size`)."""
+    if reference.is_reference(method):
+        return reference.kv_cache_size(model.config, seq_len)
     try:
         return decode_state_size(model, seq_len, method)
     except NotImplementedError:
@@ -96,6 +104,8 @@ def cache_bytes(cache: Any, batch: int) -> int | None:
 
 def default_forms(method: str) -> tuple[str, str]:
     """(form of prefill/training, form of one-token decoding) as the model picks them."""
+    if reference.is_reference(method):
+        return reference.ATTN_IMPLEMENTATION, reference.ATTN_IMPLEMENTATION
     cls = get_method(method)
     decode = "recurrent" if "recurrent" in cls.forms else cls.default_form
     return cls.default_form, decode
@@ -106,8 +116,9 @@ class Workload:
 
     Two calling conventions: the suite's decoder (:class:`MixerLMModel` for layer shapes,
     :class:`MixerLMForCausalLM` for whole models), and a plain Hugging Face causal LM built by a
-    whole-architecture method (e.g. ``MambaForCausalLM``; for layer shapes it is fed hidden states
-    through ``inputs_embeds`` and its minuscule head is kept).
+    whole-architecture method (e.g. ``MambaForCausalLM``) or the transformers reference
+    (``GPTNeoXForCausalLM``/``LlamaForCausalLM``, :mod:`harness.bench.reference`); for layer shapes it is
+    fed hidden states through ``inputs_embeds`` and its minuscule head is kept.
     """
 
     def __init__(

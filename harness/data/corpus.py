@@ -9,7 +9,8 @@
 * a local **folder** of text files (recursively; hidden and binary files skipped),
 * a **.txt** file (documents separated by blank lines) or a **.jsonl** file (one JSON object per
   line with a ``"text"`` field, optional ``"id"``/``"name"``),
-* ``"hf:<dataset>[:<config>]"`` — a Hugging Face dataset, streamed (e.g. ``hf:monology/pile-uncopyrighted``).
+* ``"hf:<dataset>[:<config>]"`` — a Hugging Face dataset, streamed (e.g. ``hf:monology/pile-uncopyrighted``),
+* a name of :data:`ALIASES`: ``"pile"``, the paper's pretraining and fine-tuning corpus.
 
 The split is by document name: ``sha256(name)`` decides train (90 %), validation (5 %) or test
 (5 %), so a document's split never depends on which other documents exist. Hugging Face datasets
@@ -37,6 +38,12 @@ SPLIT_PERCENT: dict[str, int] = {"train": 90, "validation": 5, "test": 5}
 STDLIB_SKIP_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
 #: stdlib files that describe the build, not the language (differ between builds of one version)
 STDLIB_SKIP_PREFIXES: tuple[str, ...] = ("_sysconfigdata", "sitecustomize", "_distutils_system_mod")
+
+
+#: named corpora, defined here once: every profile and training config says ``data: pile``. The
+#: paper fine-tunes on the Pile (Sec. 4); the original ``EleutherAI/pile`` hub dataset no longer
+#: serves its files, ``monology/pile-uncopyrighted`` is the Pile without its copyrighted subsets.
+ALIASES: dict[str, str] = {"pile": "hf:monology/pile-uncopyrighted"}
 
 
 class CorpusError(ValueError):
@@ -293,7 +300,7 @@ def load_hf(spec: str, text_key: str = "text") -> Corpus:
 
 def load_corpus(spec: str | os.PathLike = "stdlib") -> Corpus:
     """Load a corpus from ``spec`` (see the module docstring); one clear :class:`CorpusError` otherwise."""
-    spec = str(spec)
+    spec = ALIASES.get(str(spec), str(spec))
     if spec == "stdlib":
         return load_stdlib()
     if spec.startswith("hf:"):

@@ -110,6 +110,12 @@ def run_training(ctx: Context, label: str, config: TrainConfig, method: str) -> 
     return Run(label=label, result=result, method=method, tokens=config.tokens)
 
 
+def own_lr(lr: float | None, stage: dict[str, Any]) -> float | None:
+    """``lr`` unless it is the stage's own rate (None): a sweep point at the profile's rate is the very
+    run other experiments make, and shares it."""
+    return None if lr is None or lr == stage.get("lr") else lr
+
+
 def _base(ctx: Context, seed: int, tokens: float, stage: dict[str, Any], lr: float | None = None) -> dict[str, Any]:
     """The training settings every run of a profile shares; ``lr`` overrides the stage's (a sweep)."""
     p = ctx.profile
@@ -182,6 +188,7 @@ def convert(
 ) -> Run:
     """Convert the teacher to ``method`` and fine-tune on ``fraction`` of its pretraining tokens (the
     ``paper`` recipe: the LM loss on every weight), at the profile's fine-tune rate or ``lr``."""
+    lr = own_lr(lr, ctx.profile.convert)
     tokens = conversion_tokens(ctx, t, fraction)
     cfg = TrainConfig(
         model=_source(teacher_run),
@@ -209,6 +216,7 @@ def convert_with_recipe(
     :class:`~harness.training.objectives.ObjectiveError` where the recipe does not apply to the method
     (``transfer`` for a method with no parameters of its own). ``lr`` (default: the profile's
     fine-tune rate) is every stage's peak rate."""
+    lr = own_lr(lr, ctx.profile.convert)
     if recipe == "paper":
         return convert(ctx, t, teacher_run, method, fraction, seed, lr)
     from harness.conversion.factory import load_model
@@ -272,6 +280,7 @@ def scratch_control(
     """Control (a) of a conversion: ``method`` in the teacher's shape trained from scratch on the same
     data, tokens, batch, block and seed as :func:`convert` (pretraining settings: a fresh model needs
     the teacher's learning rate, not the fine-tune's; or ``lr``)."""
+    lr = own_lr(lr, ctx.profile.pretrain)
     tokens = conversion_tokens(ctx, t, fraction)
     cfg = TrainConfig(
         model=dict(t.shape) if not t.pretrained else _hub_shape(t),

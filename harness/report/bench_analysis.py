@@ -8,10 +8,13 @@ projections and MLP; linear-attention methods (DiJiang Eq. 13 in chunkwise/recur
 Decoding one token costs O(L) with a KV cache and O(1) with a recurrent state, so the time of 128
 decoded tokens after an L-token prompt has slope 1 and 0 respectively.
 
-Speedups are ratios of tokens/s against softmax at the same shape, length and phase, from the same
-results file and settings. A method *crosses* softmax where that ratio passes 1 (interpolated in
-log-log between measured lengths, or extrapolated from the two fitted power laws when it does not
-cross inside the measured range).
+Speedups are ratios of tokens/s against softmax at the same shape, batch size, length and phase,
+from the same results file and settings; ``speedup_hf`` is the same ratio against the transformers
+reference (``hf-softmax``: transformers' own GPT-NeoX/LLaMA model with SDPA attention and its
+``DynamicCache``, :mod:`harness.bench.reference`) where it was measured. A method *crosses* softmax
+where that ratio passes 1 (interpolated in log-log between measured lengths, or extrapolated from the
+two fitted power laws when it does not cross inside the measured range). Rows without a ``batch``
+(older results files) count as batch 1.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from typing import Any
 import numpy as np
 
 REFERENCE = "softmax"
+#: the transformers reference of the benchmark (:mod:`harness.bench.reference`), a second baseline
+HF_REFERENCE = "hf-softmax"
 
 
 def fit_slope(lengths: list[float], values: list[float]) -> dict[str, float] | None:
@@ -80,26 +85,33 @@ def crossover(
 
 
 def ok_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The measured rows (status ``ok`` with a time)."""
     return [r for r in rows if r.get("status") == "ok" and r.get("time_median_s")]
 
 
+def batch_of(row: dict[str, Any]) -> int:
+    """A row's batch size (1 for rows written before it was recorded)."""
+    return int(row.get("batch") or 1)
+
+
 def analyse(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Slopes of time and memory, speedups and crossovers for every shape, method and phase."""
+    """Slopes of time and memory, speedups and crossovers for every shape, batch size, method and phase."""
     by: dict[tuple, dict[int, dict[str, Any]]] = defaultdict(dict)
     for r in ok_rows(rows):
-        by[(r["shape"], r["method"], r["phase"])][r["seq_len"]] = r
-    slopes, speedups, crosses = [], [], []
+        by[(r["shape"], batch_of(r), r["method"], r["phase"])][r["seq_len"]] = r
+    slopes, speedups, crosses, crosses_hf = [], [], [], []
     fits: dict[tuple, dict[str, float] | None] = {}
-    for (shape, method, phase), pts in sorted(by.items()):
+    for (shape, batch, method, phase), pts in sorted(by.items()):
         ls = sorted(pts)
         tl = tail(ls)
         fit_all = fit_slope(ls, [pts[L]["time_median_s"] for L in ls])
         fit_tail = fit_slope(tl, [pts[L]["time_median_s"] for L in tl])
         mem_tail = fit_slope(tl, [pts[L].get("mem_peak_bytes") or 0 for L in tl])
-        fits[(shape, method, phase)] = fit_tail
+        fits[(shape, batch, method, phase)] = fit_tail
         slopes.append(
             {
                 "shape": shape,
+                "batch": batch,
                 "method": method,
                 "phase": phase,
                 "lengths": ls,
@@ -110,28 +122,37 @@ def analyse(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "mem_slope_tail": None if mem_tail is None else mem_tail["slope"],
             }
         )
-    for (shape, method, phase), pts in sorted(by.items()):
-        ref = by.get((shape, REFERENCE, phase))
-        if method == REFERENCE or not ref:
-            continue
-        common = sorted(set(pts) & set(ref))
-        ratio = [pts[L]["tokens_per_s"] / ref[L]["tokens_per_s"] for L in common]
-        mixed = sorted({pts[L]["run_id"] for L in common} | {ref[L]["run_id"] for L in common})
-        for L, q in zip(common, ratio):
-            speedups.append(
-                {
-                    "shape": shape,
-                    "method": method,
-                    "phase": phase,
-                    "seq_len": L,
-                    "speedup": q,
-                    "mem_ratio": _ratio(pts[L].get("mem_peak_bytes"), ref[L].get("mem_peak_bytes")),
-                    "same_run": pts[L]["run_id"] == ref[L]["run_id"],
-                }
-            )
-        c = crossover(common, ratio, fits.get((shape, method, phase)), fits.get((shape, REFERENCE, phase)))
-        crosses.append({"shape": shape, "method": method, "phase": phase, **c, "run_ids": mixed})
-    return {"slopes": slopes, "speedups": speedups, "crossovers": crosses}
+    for (shape, batch, method, phase), pts in sorted(by.items()):
+        ref = by.get((shape, batch, REFERENCE, phase))
+        hf = by.get((shape, batch, HF_REFERENCE, phase)) or {}
+        if method != REFERENCE and ref:
+            common = sorted(set(pts) & set(ref))
+            ratio = [pts[L]["tokens_per_s"] / ref[L]["tokens_per_s"] for L in common]
+            mixed = sorted({pts[L]["run_id"] for L in common} | {ref[L]["run_id"] for L in common})
+            for L, q in zip(common, ratio):
+                speedups.append(
+                    {
+                        "shape": shape,
+                        "batch": batch,
+                        "method": method,
+                        "phase": phase,
+                        "seq_len": L,
+                        "speedup": q,
+                        "speedup_hf": _ratio(pts[L]["tokens_per_s"], hf[L]["tokens_per_s"]) if L in hf else None,
+                        "mem_ratio": _ratio(pts[L].get("mem_peak_bytes"), ref[L].get("mem_peak_bytes")),
+                        "same_run": pts[L]["run_id"] == ref[L]["run_id"],
+                    }
+                )
+            key_ref = (shape, batch, REFERENCE, phase)
+            c = crossover(common, ratio, fits.get((shape, batch, method, phase)), fits.get(key_ref))
+            crosses.append({"shape": shape, "batch": batch, "method": method, "phase": phase, **c, "run_ids": mixed})
+        if method != HF_REFERENCE and hf:
+            common = sorted(set(pts) & set(hf))
+            ratio = [pts[L]["tokens_per_s"] / hf[L]["tokens_per_s"] for L in common]
+            key_hf = (shape, batch, HF_REFERENCE, phase)
+            c = crossover(common, ratio, fits.get((shape, batch, method, phase)), fits.get(key_hf))
+            crosses_hf.append({"shape": shape, "batch": batch, "method": method, "phase": phase, **c})
+    return {"slopes": slopes, "speedups": speedups, "crossovers": crosses, "crossovers_hf": crosses_hf}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

@@ -712,7 +712,60 @@ def hybrid_section(out: Path) -> list[str]:
                 + ", ".join(f"{d[c] / t[c]:.2f}x at {c.rsplit('_', 1)[1]}" for c in speed)
                 + " the teacher's speed."
             )
+    lines += criterion_lines(table) + per_layer_lines(table, speed)
     return lines + [""]
+
+
+def _layer_list(value: Any) -> str:
+    """Layer indices as written in a table cell ("1", "0,2"; a float a CSV made of one index)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def criterion_lines(table: pd.DataFrame) -> list[str]:
+    """The layer-choice criterion against its control (evenly spaced), at each method and k."""
+    lines = []
+    layers = table[table["criterion"].isin(["transfer", "entropy", "even"])]
+    for (method, k), g in layers.groupby(["method", "k"], sort=False):
+        even = g[g["criterion"] == "even"]
+        if not len(even):
+            continue
+        e = even.iloc[0]
+        for r in g[g["criterion"] != "even"].itertuples():
+            mine, control = _layer_list(r.softmax_layers), _layer_list(e.softmax_layers)
+            lines.append(
+                f"- {method}, k = {int(k)}: {r.criterion} keeps layer(s) {mine}, evenly spaced {control}: "
+                + (
+                    "the same layers, so no gain to measure."
+                    if mine == control
+                    else f"{r.bpb - e.bpb:+.3f} bpb against evenly spaced (one seed each: no significance test)."
+                )
+            )
+    return lines
+
+
+def per_layer_lines(table: pd.DataFrame, speed: list[str]) -> list[str]:
+    """What each softmax layer kept buys: bits per byte gained and decode speed and state paid, from one k
+    to the next (per method and criterion), at the longest context measured."""
+    if not speed or "k" not in table.columns:
+        return []
+    longest = max(speed, key=lambda c: int(c.rsplit("_", 1)[1]))
+    length = longest.rsplit("_", 1)[1]
+    state = f"state_{length}"
+    lines = []
+    kept = table[table["criterion"].isin(["transfer", "entropy", "even"]) & table["k"].notna()]
+    for (method, criterion), g in kept.groupby(["method", "criterion"], sort=False):
+        g = g.sort_values("k")
+        for a, b in zip(g.itertuples(), list(g.itertuples())[1:]):
+            d = b._asdict()
+            e = a._asdict()
+            lines.append(
+                f"- {method} ({criterion}), k {int(a.k)} -> {int(b.k)}: {b.bpb - a.bpb:+.3f} bpb for "
+                f"{d[longest] / e[longest]:.2f}x the decode speed and {d[state] / e[state]:.2f}x the state at "
+                f"{length} tokens."
+            )
+    return lines
 
 
 def generic_section(out: Path) -> list[str]:
