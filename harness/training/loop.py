@@ -263,13 +263,46 @@ class _Progress:
 def _make_accelerator(config: TrainConfig) -> tuple[Any, str]:
     """This process's ``Accelerator`` and the mixed precision it runs in."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     mp = _resolve_mixed_precision(config.mixed_precision)
+    # accelerate keeps one AcceleratorState per process: forget the previous run's (its mixed precision),
+    # so train() can be called again in the same process with another; the process group is kept
+    AcceleratorState._reset_state()
     # cpu=True on machines without an accelerator, so torchrun's env gives a gloo MULTI_CPU run
-    accelerator = Accelerator(
-        cpu=not torch.accelerator.is_available(), mixed_precision=mp, gradient_accumulation_steps=config.grad_accum
-    )
+    cpu = not torch.accelerator.is_available()
+    accelerator = Accelerator(cpu=cpu, mixed_precision=mp, gradient_accumulation_steps=config.grad_accum)
+    if cpu:
+        _fsdp_on_cpu(accelerator)
     return accelerator, mp
+
+
+def _fsdp_on_cpu(accelerator: Any) -> None:
+    """Run FSDP on CPU processes (gloo) when launched with an FSDP config.
+
+    ``accelerate launch --config_file configs/accelerate/fsdp.yaml`` on a machine without GPUs starts
+    the processes with the FSDP settings in the environment (``ACCELERATE_USE_FSDP``, ``FSDP_*``), but
+    accelerate (1.15) only selects FSDP for GPU-like devices and would silently run plain data parallel
+    (``MULTI_CPU``). PyTorch's ``fully_shard`` (FSDP2) works on CPU tensors over gloo, so the state is
+    switched to FSDP with the plugin built from that environment: the CPU run then exercises the same
+    sharding, sharded checkpoints and full-state-dict gathering as the GPU run."""
+    import os
+
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = accelerator.state
+    wants_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    # a later train() in the same processes: the process state already says FSDP, the new run has no plugin
+    promoted = state.distributed_type == DistributedType.FSDP and getattr(state, "fsdp_plugin", None) is None
+    if not wants_fsdp or not (state.distributed_type == DistributedType.MULTI_CPU or promoted):
+        return
+    plugin = FullyShardedDataParallelPlugin()
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    state.distributed_type = DistributedType.FSDP
+    state.fsdp_plugin = plugin
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as accelerate does for GPUs
 
 
 def _micro_batch(config: TrainConfig, world: int) -> int:
@@ -280,6 +313,18 @@ def _micro_batch(config: TrainConfig, world: int) -> int:
             f"{world} processes."
         )
     return config.batch_size // (config.grad_accum * world)
+
+
+def deepspeed_batch_settings(config: TrainConfig, micro: int) -> dict[str, Any]:
+    """The DeepSpeed config values left ``"auto"`` in ``configs/accelerate/ds_zero*.json`` that accelerate
+    cannot fill without a dataloader, from the training config (one source of truth): the micro-batch
+    per process, accumulation, clipping and the global batch (``= micro x grad_accum x processes``)."""
+    return {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": config.grad_accum,
+        "gradient_clipping": config.grad_clip,
+        "train_batch_size": config.batch_size,
+    }
 
 
 def _prepare_data(config: TrainConfig, accelerator: Any) -> _Data:
@@ -321,11 +366,7 @@ def _build(config: TrainConfig, accelerator: Any, tokenizer: Any, micro: int) ->
     n_params = sum(p.numel() for p in model.parameters())
     optimizer = _optimizer(model, config)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:  # no dataloader: tell DeepSpeed the batch
-        ds = accelerator.state.deepspeed_plugin.deepspeed_config
-        ds["train_micro_batch_size_per_gpu"] = micro
-        ds["gradient_accumulation_steps"] = config.grad_accum
-        ds["gradient_clipping"] = config.grad_clip
-        ds["train_batch_size"] = config.batch_size
+        accelerator.state.deepspeed_plugin.deepspeed_config.update(deepspeed_batch_settings(config, micro))
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     return _Trainee(model, optimizer, objective, n_params, vocab)
@@ -477,6 +518,7 @@ def _finish(run: _Run, trainee: _Trainee, data: _Data, last_loss: float | None, 
         "vocab_size": trainee.vocab,
         "tokenizer": type(data.tokenizer).__name__,
         "processes": accelerator.num_processes,
+        "distributed_type": accelerator.distributed_type.value,  # NO, MULTI_CPU (DDP), MULTI_GPU, FSDP, DEEPSPEED
         "mixed_precision": run.mixed_precision,
         "model_dir": str(run.out / "model"),
         "corpus": data.corpus.meta,
