@@ -51,7 +51,7 @@ def test_recipes_chain_their_stages_from_the_teacher(captured, monkeypatch):
     import harness.training.recipes
 
     ctx, configs = captured
-    monkeypatch.setattr(harness.conversion.factory, "load_model", lambda path: None)
+    monkeypatch.setattr(harness.conversion.factory, "load_teacher", lambda path: None)
     monkeypatch.setattr(harness.training.recipes, "mixer_share", lambda model: 0.25)
     t = ctx.profile.teacher("tiny-m")
     stages.convert_with_recipe(ctx, t, "/teacher/model", "dijiang", 0.0625, "transfer", seed=0)

@@ -250,12 +250,18 @@ def edited_experiment(tmp_path: Path, name: str, old: str, new: str) -> Path:
 
 @pytest.mark.parametrize(
     ("profile", "old", "new"),
-    [("tiny", "cosformer", "cosfomer"), ("smoke", "window-linear]", "window-linaer]")],  # a list; an exclusion
+    [
+        ("tiny", "methods: [performer, retnet", "methods: [performer, retnt"),
+        ("smoke", "window-linear]", "window-linaer]"),
+    ],
 )
 def test_unknown_method_in_an_experiment_is_explained(tmp_path, profile, old, new):
-    directory = edited_experiment(tmp_path, "table2_methods", old, new)
-    with pytest.raises(SpecError, match=f"unknown method '{new.rstrip(']')}'; registered: .*dijiang"):
-        load_experiment("table2_methods", profile, directory=directory)
+    """A misspelt method in a list (the tiny recovery curve) or in an exclusion (Table 2)."""
+    name = "recovery_curve" if profile == "tiny" else "table2_methods"
+    directory = edited_experiment(tmp_path, name, old, new)
+    bad = new.rstrip("]").split()[-1]
+    with pytest.raises(SpecError, match=f"unknown method '{bad}'; registered: .*dijiang"):
+        load_experiment(name, profile, directory=directory)
 
 
 def test_unknown_runner_is_explained(tmp_path):
@@ -267,7 +273,7 @@ def test_unknown_runner_is_explained(tmp_path):
 def test_all_is_every_method_the_runner_takes_less_the_exclusions():
     """``methods: all`` is resolved on load, once (:func:`harness.pipeline.runners.runner_params`):
     Table 2 converts every convertible method and trains the others from scratch; MQAR and Fig. 4 take
-    every registered method; tiny keeps its explicit lists."""
+    every registered method; tiny's Table 2 too, its recovery curve an explicit list."""
     from harness.core.registry import capabilities, list_methods
 
     convertible = [m for m in list_methods() if capabilities(m)["convertible"]]
@@ -280,8 +286,8 @@ def test_all_is_every_method_the_runner_takes_less_the_exclusions():
     assert runner_params(load_experiment("mqar", "paper")).methods == [m for m in list_methods() if m not in hybrids]
     for profile in ("smoke", "paper"):
         assert runner_params(load_experiment("fig4_speed_memory", profile)).methods == list_methods()
-    tiny = runner_params(load_experiment("table2_methods", "tiny"))
-    assert tiny.methods == ["linformer", "cosformer", "performer", "retnet", "pff", "dijiang", "dijiang-official"]
+    assert runner_params(load_experiment("table2_methods", "tiny")).methods == table2.methods
+    assert runner_params(load_experiment("recovery_curve", "tiny")).methods == ["performer", "retnet", "dijiang"]
 
 
 def test_all_where_a_runner_takes_only_a_list_is_explained(tmp_path):

@@ -64,9 +64,12 @@ def test_converge_ships_the_budget_before_the_first_doubling_that_stopped_paying
     ctx, install = curve_of
     k = 4096
     trained = install({k: 3.0, 2 * k: 2.5, 4 * k: 2.3, 8 * k: 2.28, 16 * k: 2.0})
-    curve, run, converged = teachers.converge(ctx, ctx.profile.teacher("tiny-m"), start_tokens=k)
+    curve, runs, converged = teachers.converge(ctx, ctx.profile.teacher("tiny-m"), start_tokens=k)
     assert trained == [k, 2 * k, 4 * k, 8 * k]  # 4k -> 8k gained < 2 %: stop, never train 16k
-    assert converged and run.tokens == 4 * k
+    assert converged and teachers.chosen(runs, converged).tokens == 4 * k
+    assert teachers.chosen(runs, converged, tokens=2 * k).tokens == 2 * k  # a budget chosen for cost
+    with pytest.raises(UserError, match="not on the curve"):
+        teachers.chosen(runs, converged, tokens=3 * k)
     assert curve[1].gain == pytest.approx(0.5 / 3.0) and curve[-1].gain == pytest.approx(0.02 / 2.3)
 
 
@@ -74,8 +77,8 @@ def test_a_curve_that_still_pays_is_not_called_converged(curve_of):
     ctx, install = curve_of
     k = 4096
     install({k: 3.0, 2 * k: 2.5, 4 * k: 2.0})
-    curve, run, converged = teachers.converge(ctx, ctx.profile.teacher("tiny-m"), start_tokens=k, max_doublings=2)
-    assert not converged and run.tokens == 4 * k and len(curve) == 3
+    curve, runs, converged = teachers.converge(ctx, ctx.profile.teacher("tiny-m"), start_tokens=k, max_doublings=2)
+    assert not converged and teachers.chosen(runs, converged).tokens == 4 * k and len(curve) == 3
 
 
 def shipped_teacher(tmp_path: Path, **change) -> tuple[Teacher, Path]:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 from harness.pipeline import stages
 from harness.pipeline.reproduce import reproduce
-from harness.pipeline.spec import PROFILES
+from harness.pipeline.spec import profile_names
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``python -m harness reproduce``."""
-    parser.add_argument("--profile", default="tiny", choices=PROFILES, help="scale to run at (default: tiny)")
+    parser.add_argument("--profile", default="tiny", choices=profile_names(), help="scale to run at (default: tiny)")
     parser.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="run only these experiments")
     parser.add_argument(
         "--dry-run", action="store_true", help="validate, print the plan and what would run; run nothing"

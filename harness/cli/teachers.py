@@ -8,7 +8,7 @@ from pathlib import Path
 
 from harness.pipeline.spec import load_profile
 from harness.pipeline.stages import RUNS_DIR, Context
-from harness.pipeline.teachers import THRESHOLD, converge, ship
+from harness.pipeline.teachers import THRESHOLD, chosen, converge, ship
 from harness.util.errors import UserError
 from harness.util.provenance import REPO_ROOT
 
@@ -22,6 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-doublings", type=int, default=6, help="give up doubling after this many")
     parser.add_argument("--runs-dir", type=Path, default=None, help="where the curve's runs go (default: runs/)")
     parser.add_argument("--no-ship", action="store_true", help="measure the curve only, ship nothing")
+    parser.add_argument(
+        "--ship-tokens",
+        type=float,
+        default=None,
+        help="ship the curve's run of this budget instead (a cost choice; recorded, and the report says so)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -32,16 +38,23 @@ def main(args: argparse.Namespace) -> int:
     if not t.shape:
         raise UserError(f"teacher {t.name!r} is a hub checkpoint; only shapes trained here can be converged.")
     ctx = Context(profile, results_dir=args.runs_dir or RUNS_DIR, progress=True)
-    curve, run, converged = converge(
+    curve, runs, converged = converge(
         ctx, t, start_tokens=int(args.start_tokens), threshold=args.threshold, max_doublings=args.max_doublings
     )
+    run = chosen(runs, converged, args.ship_tokens)
     for p in curve:
         gain = "" if p.gain is None else f"  (doubling gained {100 * p.gain:.1f} %)"
         print(f"{p.tokens:>12,d} tokens  {p.val_bpb:.4f} validation bits per byte  {p.wall_time_s:7.0f} s{gain}")
     if converged:
-        print(f"converged: {run.tokens:,d} tokens (doubling them gained less than {100 * args.threshold:g} %)")
+        print(f"converged: doubling {runs[-2].tokens:,d} tokens gained less than {100 * args.threshold:g} %")
     else:
-        print(f"NOT converged after {args.max_doublings} doublings: {run.tokens:,d} tokens still paid")
+        print(f"NOT converged after {args.max_doublings} doublings: the last one still paid")
     if not args.no_ship:
-        print(f"shipped: {ship(profile, t, run, curve, converged).relative_to(REPO_ROOT)}")
+        retrain = " ".join(
+            ["python -m harness teachers", f"--profile {args.profile}", f"--teacher {t.name}"]
+            + [f"--start-tokens {int(args.start_tokens)}", f"--max-doublings {args.max_doublings}"]
+            + ([f"--ship-tokens {int(args.ship_tokens)}"] if args.ship_tokens else [])
+        )
+        dest = ship(profile, t, run, curve, converged and args.ship_tokens is None, retrain=retrain)
+        print(f"shipped {run.tokens:,d} tokens: {dest.relative_to(REPO_ROOT)}")
     return 0

@@ -169,6 +169,15 @@ def _hub_offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
 
 
+def load_teacher(spec: str | os.PathLike) -> nn.Module:
+    """A teacher as the suite's own softmax decoder (:class:`~harness.core.modeling.MixerLMForCausalLM`),
+    in eval mode, whatever its checkpoint: ours, or a GPT-NeoX/LLaMA one (converted, paper Algorithm 1
+    with the softmax mixer: the same function). Analyses that read a teacher's layers (attention maps,
+    layer selection, mixer shares) need this, not :func:`load_model`, which returns transformers' own
+    class for a hub checkpoint."""
+    return build_model(ModelSpec("softmax", teacher=str(spec))).eval()
+
+
 def load_model(spec: str | os.PathLike, device: str | None = None, dtype: str | None = None) -> nn.Module:
     """A saved causal LM (``save_pretrained`` folder) or a hub id (needs network), in eval mode.
 

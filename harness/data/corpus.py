@@ -9,7 +9,9 @@
 * a local **folder** of text files (recursively; hidden and binary files skipped),
 * a **.txt** file (documents separated by blank lines) or a **.jsonl** file (one JSON object per
   line with a ``"text"`` field, optional ``"id"``/``"name"``),
-* ``"hf:<dataset>[:<config>]"`` — a Hugging Face dataset, streamed (e.g. ``hf:monology/pile-uncopyrighted``),
+* ``"hf:<dataset>[:<config>]"`` — a Hugging Face dataset, streamed (e.g. ``hf:monology/pile-uncopyrighted``);
+  ``<dataset>`` may be a local folder of data files (``hf:/data/pile``: JSON lines, Parquet ... named
+  by split, as ``datasets.load_dataset(<folder>, streaming=True)`` reads them),
 * a name of :data:`ALIASES`: ``"pile"``, the paper's pretraining and fine-tuning corpus.
 
 The split is by document name: ``sha256(name)`` decides train (90 %), validation (5 %) or test
@@ -282,7 +284,7 @@ def load_hf(spec: str, text_key: str = "text") -> Corpus:
             if own or split_of(doc_name) == split:
                 yield Document(doc_name, text)
 
-    ident = json.dumps({"dataset": name, "config": config, "splits": available}, sort_keys=True)
+    ident = json.dumps({"dataset": name, "config": config, "splits": available, **_local_files(name)}, sort_keys=True)
     meta = {
         "spec": spec,
         "kind": "hf",
@@ -296,6 +298,18 @@ def load_hf(spec: str, text_key: str = "text") -> Corpus:
         **_python_meta(),
     }
     return Corpus(spec=spec, meta=meta, _stream=stream)
+
+
+def _local_files(name: str) -> dict[str, Any]:
+    """For a dataset in a local folder (``hf:<folder>``): its files' names, sizes and modification
+    times, so that the corpus hash (and every token cache keyed by it) changes when they do; a hub
+    dataset is named by its id alone. Nothing is read (a local copy of the Pile is hundreds of GB)."""
+    root = Path(name).expanduser()
+    if not root.is_dir():
+        return {}
+    found = sorted(p for p in root.rglob("*") if p.is_file())
+    files = [(p.relative_to(root), p.stat()) for p in found]
+    return {"files": [[r.as_posix(), s.st_size, s.st_mtime_ns] for r, s in files if not r.parts[0].startswith(".")]}
 
 
 def load_corpus(spec: str | os.PathLike = "stdlib") -> Corpus:

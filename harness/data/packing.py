@@ -8,10 +8,15 @@ incomplete tail dropped. A block is both the model's input and its labels (the m
 
 Cache: ``<cache_dir>/<key>.bin`` (raw ``uint16``/``uint32`` tokens, ``(n_blocks, block_size)``,
 opened as a numpy memory map) plus ``<key>.json`` (shape, dtype, provenance), where ``key`` hashes
-the corpus hash, the tokenizer's id mapping, the split, the block size and the token limit. Both are
-written to a temporary file and renamed (the metadata last), so a killed build never leaves a
-half-written cache. Blocks are written as they fill, so a paper-scale token budget never has to fit
-in memory; build such a cache once before a multi-GPU launch with ``python -m harness.data.packing``.
+the corpus hash, the tokenizer's id mapping, the split, the block size and the token limit. The
+blocks are written to ``<key>.bin.partial`` and renamed, then the metadata written (the cache's
+"done" mark), so a killed build never leaves a half-written cache. Blocks are written as they fill, so
+a paper-scale token budget never has to fit in memory; every :data:`RESUME_EVERY_BLOCKS` blocks the
+build saves where it stands (``<key>.partial.json``: tokens written, documents consumed, the tokens
+of the block being filled), and a killed build resumes from there: the documents already packed are
+skipped without being tokenised (a stream is read again up to that point), and the blocks come out
+the same as an uninterrupted build's. One process builds a cache at a time (a file lock). Build
+such a cache once before a multi-GPU launch with ``python -m harness.data.packing``.
 
 Order: :class:`BlockSampler` gives the block indices of optimizer step ``s`` as a pure function of
 ``(seed, s)`` — each epoch is a fresh permutation seeded by ``(seed, epoch)`` — so a resumed run
@@ -20,7 +25,9 @@ sees exactly the data an uninterrupted run would.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
 import os
 import tempfile
@@ -34,10 +41,13 @@ from transformers import PreTrainedTokenizerBase
 
 from harness.data.corpus import Corpus, CorpusError, Document
 from harness.data.tokenizer import ByteTokenizer, tokenizer_identity
-from harness.util.io import atomic_open, atomic_write_text
+from harness.util.io import atomic_write_text
 
 PACKING_VERSION = 1
 DEFAULT_CACHE_DIR = Path(os.environ.get("DIJIANG_CACHE", Path.home() / ".cache" / "dijiang-suite")) / "tokens"
+#: a cache being built saves where it stands every this many new blocks, and a build that was killed
+#: resumes from there (at 2,048-token blocks: every ~2M tokens)
+RESUME_EVERY_BLOCKS = 1024
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, docs: list[Document]) -> list[np.ndarray]:
@@ -48,9 +58,14 @@ def _encode(tokenizer: PreTrainedTokenizerBase, docs: list[Document]) -> list[np
 
 
 def iter_tokens(
-    documents: Iterator[Document], tokenizer: PreTrainedTokenizerBase, max_tokens: int | None = None, batch: int = 64
+    documents: Iterator[Document],
+    tokenizer: PreTrainedTokenizerBase,
+    max_tokens: int | None = None,
+    batch: int = 64,
+    leading_eos: bool = True,
 ) -> Iterator[np.ndarray]:
-    """``eos d_1 eos d_2 eos ...`` as a stream of int64 chunks, stopping after ``max_tokens`` tokens."""
+    """``eos d_1 eos d_2 eos ...`` as a stream of int64 chunks, stopping after ``max_tokens`` tokens: the
+    first eos alone (unless ``leading_eos`` is False: a stream continued), then one chunk per document."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise CorpusError(
@@ -67,7 +82,8 @@ def iter_tokens(
             remaining -= len(chunk)
         return chunk
 
-    yield emit(sep)
+    if leading_eos:
+        yield emit(sep)
     docs = iter(documents)
     while remaining != 0:
         pending = [d for _, d in zip(range(batch), docs)]
@@ -142,43 +158,130 @@ def pack(
     if use_cache and npy.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         return PackedBlocks(_open_blocks(npy, meta), meta)
-    dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.uint32
-    # the cache file is written atomically (an error, e.g. too few tokens, leaves no file); without a
-    # cache, the blocks go to an anonymous temporary file
-    with atomic_open(npy, "wb") if use_cache else tempfile.TemporaryFile() as f:
-        carry = np.zeros(0, dtype=np.int64)
-        n_tokens = 0
-        for chunk in iter_tokens(corpus.documents(split), tokenizer, max_tokens):  # blocks are written as
-            carry = np.concatenate((carry, chunk))  # they fill: memory stays flat
-            n_full = len(carry) // block_size * block_size
-            if n_full:
-                f.write(carry[:n_full].astype(dtype).tobytes())
-                n_tokens += n_full
-                carry = carry[n_full:]
-        n_blocks = n_tokens // block_size
-        if n_blocks == 0:
-            raise CorpusError(
-                f"split {split!r} of corpus {corpus.spec!r} has {len(carry)} tokens, fewer than one block of "
-                f"{block_size}; use a larger corpus or a smaller block size."
-            )
-        meta = {
-            "key": key,
-            "corpus": corpus.meta,
-            "tokenizer": tokenizer_identity(tokenizer),
-            "split": split,
-            "block_size": block_size,
-            "max_tokens": max_tokens,
-            "dtype": np.dtype(dtype).name,
-            "n_blocks": n_blocks,
-            "tokens": n_tokens,
-            "dropped_tail_tokens": len(carry),
-        }
-        if not use_cache:
-            f.flush()
-            f.seek(0)
-            return PackedBlocks(np.fromfile(f, dtype=dtype).reshape(n_blocks, block_size), meta)
-    atomic_write_text(meta_path, json.dumps(meta, indent=1))
+    if not use_cache:  # the blocks go to an anonymous temporary file
+        with tempfile.TemporaryFile() as f:
+            return _build(corpus, tokenizer, split, block_size, max_tokens, key, f, None)
+    with _lock(root / f"{key}.lock"):  # one builder per cache file; the others then read it
+        if npy.is_file() and meta_path.is_file():
+            meta = json.loads(meta_path.read_text())
+            return PackedBlocks(_open_blocks(npy, meta), meta)
+        partial, progress = root / f"{key}.bin.partial", root / f"{key}.partial.json"
+        resume = _resume_point(partial, progress, key, _dtype(tokenizer))
+        try:
+            with open(partial, "r+b" if resume else "wb") as f:
+                meta = _build(corpus, tokenizer, split, block_size, max_tokens, key, f, progress, resume)
+                f.flush()
+                os.fsync(f.fileno())
+        except CorpusError:  # too few tokens: nothing to resume
+            partial.unlink(missing_ok=True)
+            progress.unlink(missing_ok=True)
+            raise
+        os.replace(partial, npy)  # complete: the blocks, then their metadata (the cache's "done" mark)
+        atomic_write_text(meta_path, json.dumps(meta, indent=1))
+        progress.unlink(missing_ok=True)
     return PackedBlocks(_open_blocks(npy, meta), meta)
+
+
+def _dtype(tokenizer: PreTrainedTokenizerBase) -> type:
+    return np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.uint32
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (POSIX ``flock``; no lock where there is none), held while the
+    cache is built, so two processes never write the same partial file; removed once the block
+    succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (Windows)
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+            # built (or found built): a process still waiting on this file finds the cache, one arriving
+            # later takes a new lock file and finds it too
+            path.unlink(missing_ok=True)
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _resume_point(partial: Path, progress: Path, key: str, dtype: type) -> dict[str, Any] | None:
+    """Where an interrupted build of cache ``key`` stopped (its last saved progress), or None."""
+    if not (partial.is_file() and progress.is_file()):
+        return None
+    try:
+        state = json.loads(progress.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if state.get("key") != key or partial.stat().st_size < int(state["tokens"]) * np.dtype(dtype).itemsize:
+        return None
+    return state
+
+
+def _build(
+    corpus: Corpus,
+    tokenizer: PreTrainedTokenizerBase,
+    split: str,
+    block_size: int,
+    max_tokens: int | None,
+    key: str,
+    f: Any,
+    progress: Path | None,
+    resume: dict[str, Any] | None = None,
+) -> dict[str, Any] | PackedBlocks:
+    """Write the blocks into the open file ``f`` and return their metadata (``progress``: the file the
+    build saves where it stands in, every :data:`RESUME_EVERY_BLOCKS` blocks, and ``resume``: such a
+    point to continue from), or, without ``progress`` (no cache), the blocks themselves."""
+    dtype = _dtype(tokenizer)
+    itemsize = np.dtype(dtype).itemsize
+    n_tokens, docs_done = (int(resume["tokens"]), int(resume["docs"])) if resume else (0, 0)
+    carry = np.asarray(resume["carry"] if resume else [], dtype=np.int64)
+    if resume:  # blocks written after the last saved point are written again
+        f.truncate(n_tokens * itemsize)
+        f.seek(n_tokens * itemsize)
+    budget = None if max_tokens is None else max_tokens - n_tokens - len(carry)
+    docs = itertools.islice(corpus.documents(split), docs_done, None)  # a stream is read again, not tokenised
+    saved = n_tokens // block_size
+    for i, chunk in enumerate(iter_tokens(docs, tokenizer, budget, leading_eos=resume is None)):
+        docs_done += resume is not None or i > 0  # one chunk per document after the first eos
+        carry = np.concatenate((carry, chunk))  # blocks are written as they fill: memory stays flat
+        n_full = len(carry) // block_size * block_size
+        if n_full:
+            f.write(carry[:n_full].astype(dtype).tobytes())
+            n_tokens += n_full
+            carry = carry[n_full:]
+        if progress is not None and n_tokens // block_size - saved >= RESUME_EVERY_BLOCKS:
+            f.flush()
+            os.fsync(f.fileno())
+            state = {"key": key, "tokens": n_tokens, "docs": docs_done, "carry": carry.tolist()}
+            atomic_write_text(progress, json.dumps(state))
+            saved = n_tokens // block_size
+    n_blocks = n_tokens // block_size
+    if n_blocks == 0:
+        raise CorpusError(
+            f"split {split!r} of corpus {corpus.spec!r} has {len(carry)} tokens, fewer than one block of "
+            f"{block_size}; use a larger corpus or a smaller block size."
+        )
+    meta = {
+        "key": key,
+        "corpus": corpus.meta,
+        "tokenizer": tokenizer_identity(tokenizer),
+        "split": split,
+        "block_size": block_size,
+        "max_tokens": max_tokens,
+        "dtype": np.dtype(dtype).name,
+        "n_blocks": n_blocks,
+        "tokens": n_tokens,
+        "dropped_tail_tokens": len(carry),
+    }
+    if progress is not None:
+        return meta
+    f.flush()
+    f.seek(0)
+    return PackedBlocks(np.fromfile(f, dtype=dtype).reshape(n_blocks, block_size), meta)
 
 
 def _open_blocks(path: Path, meta: dict[str, Any]) -> np.memmap:

@@ -36,7 +36,7 @@ from typing import Any, TextIO
 
 import torch
 
-from harness.pipeline import stages
+from harness.pipeline import stages, standins
 from harness.pipeline.progress import Progress, capture_output
 from harness.pipeline.runners import PlannedRun, get_runner, load_experiment, runner_params
 from harness.pipeline.spec import Experiment, Profile, Teacher, defined_for, load_profile
@@ -335,6 +335,9 @@ def reproduce(
             f"{corpus.meta.get('files')} documents), not the profile's own ({profile.data}).",
         )
         profile = dataclasses.replace(profile, data=spec)
+    standin_profile = None  # a profile of local stand-ins (paper-offline): their paths now, made before running
+    if standins.referenced(profile):
+        standin_profile, profile = profile, standins.resolve(profile, results_dir / profile.name)
     names = only or defined_for(profile.name)
     exps = [load_experiment(n, profile) for n in ordered(list(dict.fromkeys(names)))]  # validates all first
     ctx = stages.Context(profile, results_dir=results_dir, progress=progress)
@@ -343,6 +346,8 @@ def reproduce(
         say(f"corpus: {profile.data} (instead of {own_data})")
     say(f"experiments: {', '.join(e.name for e in exps)}")
     say(f"run folder: {shown(ctx.root)}")
+    if standin_profile is not None:
+        say(f"stand-ins: {', '.join(standins.referenced(standin_profile))} in {shown(standins.folder(ctx.root))}")
     if dry_run:
         print_plan(exps)
         print()
@@ -358,6 +363,8 @@ def reproduce(
             "--dry-run here to check its plan."
         )
     start = time.time()
+    if standin_profile is not None:
+        standins.prepare(standin_profile, ctx.root, log=say)  # the missing ones
     ran = _run_all(exps, ctx, notes, force=force, verbose=verbose or progress, bars=progress)
     from harness.report.report import write_report
 

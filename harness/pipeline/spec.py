@@ -20,7 +20,6 @@ from typing import Any
 import yaml
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
-PROFILES: tuple[str, ...] = ("smoke", "tiny", "paper")
 
 
 class SpecError(ValueError):
@@ -95,6 +94,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SpecError(f"{path} must hold a mapping of keys, not {type(data).__name__}.")
     return data
+
+
+def profile_names(directory: Path | None = None) -> list[str]:
+    """The profiles ``profiles.yaml`` defines, in its order."""
+    return list(_read_yaml((EXPERIMENTS_DIR if directory is None else directory) / "profiles.yaml"))
 
 
 def load_profile(name: str, directory: Path | None = None) -> Profile:

@@ -219,12 +219,12 @@ def convert_with_recipe(
     lr = own_lr(lr, ctx.profile.convert)
     if recipe == "paper":
         return convert(ctx, t, teacher_run, method, fraction, seed, lr)
-    from harness.conversion.factory import load_model
+    from harness.conversion.factory import load_teacher
     from harness.training.recipes import mixer_share, recipe_stages
 
     teacher_path = _source(teacher_run)
     step = ctx.profile.batch_size * ctx.profile.block_size
-    plan = recipe_stages(recipe, conversion_tokens(ctx, t, fraction), mixer_share(load_model(teacher_path)), step)
+    plan = recipe_stages(recipe, conversion_tokens(ctx, t, fraction), mixer_share(load_teacher(teacher_path)), step)
     source, run = teacher_path, None
     for i, stage in enumerate(plan):
         first = i == 0

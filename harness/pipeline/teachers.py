@@ -70,11 +70,10 @@ def converge(
     threshold: float = THRESHOLD,
     max_doublings: int = 6,
     seed: int = 0,
-) -> tuple[list[CurvePoint], Run, bool]:
+) -> tuple[list[CurvePoint], list[Run], bool]:
     """Train ``t``'s shape on ``start_tokens``, ``2 x start_tokens``, ... until a doubling gains less
     than ``threshold`` in validation bits per byte (or ``max_doublings`` is reached). Returns the
-    curve, the chosen run and whether it converged. Converged: the budget before the first doubling
-    under ``threshold``. Not converged: the largest budget trained."""
+    curve, its runs and whether it converged (:func:`chosen` picks the run to ship)."""
     curve: list[CurvePoint] = []
     runs: list[Run] = []
     tokens = int(start_tokens)
@@ -89,9 +88,23 @@ def converge(
         curve.append(CurvePoint(tokens, bpb, gain, run.result.wall_time_s, run.result.out_dir))
         runs.append(run)
         if gain is not None and gain < threshold:
-            return curve, runs[-2], True
+            return curve, runs, True
         tokens *= 2
-    return curve, runs[-1], False
+    return curve, runs, False
+
+
+def chosen(runs: list[Run], converged: bool, tokens: int | None = None) -> Run:
+    """The run to ship: the one of ``tokens`` when given (a budget chosen for cost, e.g. a profile's
+    time limit; it must be on the curve); else, converged, the budget before the first doubling under
+    the threshold; not converged, the largest budget trained."""
+    if tokens is not None:
+        found = [r for r in runs if r.tokens == int(tokens)]
+        if not found:
+            raise UserError(
+                f"--ship-tokens {int(tokens)} is not on the curve ({', '.join(str(r.tokens) for r in runs)})."
+            )
+        return found[0]
+    return runs[-2] if converged else runs[-1]
 
 
 def curve_csv(curve: list[CurvePoint]) -> str:
@@ -112,7 +125,13 @@ def next_version(root: Path, name: str) -> Path:
 
 
 def ship(
-    profile: Profile, t: Teacher, run: Run, curve: list[CurvePoint], converged: bool, root: Path = TEACHERS_DIR
+    profile: Profile,
+    t: Teacher,
+    run: Run,
+    curve: list[CurvePoint],
+    converged: bool,
+    root: Path = TEACHERS_DIR,
+    retrain: str = "",
 ) -> Path:
     """Copy ``run``'s model to a new version directory under ``root/<profile>/`` with its metadata."""
     dest = next_version(root / profile.name, t.name)
@@ -139,7 +158,7 @@ def ship(
         "curve": [asdict(p) for p in curve],
         "curve_wall_time_s": sum(p.wall_time_s for p in curve),
         "commit": commit_label(),
-        "retrain": f"python -m harness teachers --profile {profile.name} --teacher {t.name}",
+        "retrain": retrain or f"python -m harness teachers --profile {profile.name} --teacher {t.name}",
     }
     atomic_write_json(tmp / "teacher.json", meta, indent=1, sort_keys=False)
     atomic_write_text(tmp / "curve.csv", curve_csv(curve))

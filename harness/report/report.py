@@ -869,10 +869,17 @@ def teachers_section(shipped: dict[str, str]) -> list[str]:
         meta = json.loads(meta_file.read_text())
         curve = pd.DataFrame(meta["curve"])[["tokens", "val_bpb", "gain", "wall_time_s"]]
         state = "converged" if meta.get("converged") else "**not converged** (the last doubling still paid)"
+        largest = int(curve["tokens"].max())
+        if int(meta["tokens"]) < largest:
+            state += (
+                f"; shipped below the curve's largest budget ({largest:,} tokens) for the profile's CPU time: "
+                "every conversion is a fraction of the shipped tokens"
+            )
         lines += [
             f"**{name}** (`{folder}`, {meta.get('n_params') or 0:,} parameters): {state}; shipped at "
             f"{int(meta['tokens']):,} tokens, {meta['val_bpb']:.3f} validation bits per byte; threshold "
-            f"{meta['threshold']:.0%}; the curve took {meta['curve_wall_time_s']:.0f} s (`{meta['retrain']}`).",
+            f"{meta['threshold']:.0%}; the curve's runs took {meta['curve_wall_time_s']:.0f} s of wall time on "
+            f"the machine that made them (`{meta['retrain']}`).",
             "",
             _md(curve),
             "",

@@ -30,7 +30,7 @@ class AttentionMapsRunner(Runner):
 
     def run(self, exp: Experiment, p: AttentionMapsParams, ctx: stages.Context) -> Output:
         from analyses.attention_maps import implied_attention, row_tv_distance
-        from harness.conversion.factory import load_model
+        from harness.conversion.factory import load_model, load_teacher
         from harness.report.figures import plot_attention_maps
 
         t = exp.profile.teacher(p.teacher)
@@ -41,7 +41,9 @@ class AttentionMapsRunner(Runner):
         maps, rows = {}, []
         for m in p.methods:
             if m == "softmax":
-                run = teacher
+                # the suite's softmax decoder (a hub GPT-NeoX/LLaMA checkpoint converted exactly): load_model
+                # would give transformers' own model, which has no mixer to hook
+                model = load_teacher(stages._source(teacher))
             else:
                 run = stages.convert(
                     ctx,
@@ -51,7 +53,7 @@ class AttentionMapsRunner(Runner):
                     sp.conversion_fraction,
                     0,
                 )
-            model = load_model(stages._source(run))
+                model = load_model(stages._source(run))
             maps[m] = implied_attention(model, ids, p.layer).float()
         for m, a in maps.items():
             rows.append(

@@ -101,9 +101,9 @@ class HybridRunner(Runner):
         """Every configuration, its softmax layers chosen on the teacher (one selection per method and
         criterion, cached with the runs)."""
         from analyses.hybrid import select_layers
-        from harness.conversion.factory import load_model
+        from harness.conversion.factory import load_teacher
 
-        teacher = load_model(teacher_path)
+        teacher = load_teacher(teacher_path)
         n_layers = teacher.config.num_hidden_layers
         batches = [heldout_ids(ctx, teacher_path, p.selection_tokens, split="validation", count=p.selection_docs)]
         out = []
@@ -122,14 +122,14 @@ class HybridRunner(Runner):
 
     def run(self, exp: Experiment, p: HybridParams, ctx: stages.Context) -> Output:
         from analyses.hybrid import measure_decode
-        from harness.conversion.factory import load_model
+        from harness.conversion.factory import load_model, load_teacher
         from harness.report.figures import plot_pareto
 
         t = exp.profile.teacher(p.teacher)
         teacher_run = stages.teacher(ctx, t, p.seed)
         teacher_path = stages._source(teacher_run)
         points: list[dict[str, Any]] = []
-        models: dict[str, Any] = {"teacher": load_model(teacher_path)}
+        models: dict[str, Any] = {"teacher": load_teacher(teacher_path)}
         teacher_rows = stages.evaluate_model(ctx, teacher_run, p.teacher, "softmax")
         points.append(self._point("teacher", "softmax", "teacher", None, None, None, teacher_rows))
         runs: dict[str, stages.Run] = {}

@@ -37,12 +37,15 @@ class KernelAblationRunner(Runner):
 
         from analyses.attention_maps import queries_keys
         from analyses.kernel_ablation import ablation_rows, slope
-        from harness.conversion.factory import load_model
+        from harness.conversion.factory import load_teacher
         from harness.report.figures import plot_kernel_ablation
 
         teacher = stages.teacher(ctx, exp.profile.teacher(p.teacher), 0)
         path = stages._source(teacher)
-        q, k = queries_keys(load_model(path), heldout_ids(ctx, path, p.tokens), p.layer)
+        # the suite's softmax decoder (a hub GPT-NeoX/LLaMA checkpoint converted exactly): load_model would
+        # give transformers' own model, which has no mixer to read queries and keys from
+        model = load_teacher(path)
+        q, k = queries_keys(model, heldout_ids(ctx, path, p.tokens), p.layer)
         inputs = {"teacher": (q, k)}
         if p.control_std is not None:
             g = torch.Generator().manual_seed(0)
