@@ -37,6 +37,7 @@ from harness.scale.memory_plan import (
     gpu_hours,
     plan_lines,
 )
+from harness.util.timing import cpu_allocation_peak
 
 TOLERANCE = 0.25  # issue #15: agreement within 25%
 
@@ -78,24 +79,6 @@ def _config(shape: str, method: str) -> tuple[MixerLMConfig, int, int]:
     return cfg, batch, block
 
 
-def _allocation_peak(prof: torch.profiler.profile) -> int:
-    """Peak of the running sum of c10 CPU allocator events (bytes; frees are negative)."""
-    from torch._C._profiler import _EventType
-
-    events: list[tuple[int, int]] = []
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        node = stack.pop()
-        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
-            events.append((node.start_time_ns, node.extra_fields.alloc_size))
-        stack.extend(node.children)
-    live = peak = 0
-    for _, size in sorted(events):
-        live += size
-        peak = max(peak, live)
-    return peak
-
-
 def _nbytes(tensors: list[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -130,7 +113,7 @@ def measured_peak(cfg: MixerLMConfig, method: str, batch: int, block: int, check
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         micro(batch, block)
         opt.step()
-    return before + _allocation_peak(prof)
+    return before + cpu_allocation_peak(prof)
 
 
 @pytest.mark.parametrize("method", METHODS)

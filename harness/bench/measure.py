@@ -38,7 +38,7 @@ import torch
 
 from harness.bench import device as bench_device
 from harness.bench.device import DeviceOps
-from harness.util.timing import libc, set_malloc_policy
+from harness.util.timing import cpu_allocation_peak, libc, set_malloc_policy
 
 CPU_RSS_METHOD = (
     "cpu: peak resident memory (VmHWM reset via /proc/self/clear_refs) above the RSS at the run's start, "
@@ -124,25 +124,6 @@ def address_space_limit(extra_bytes: int | None) -> Iterator[int | None]:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-def _allocation_peak(prof: torch.profiler.profile) -> int:
-    """Peak of the running sum of allocator events (bytes; frees are negative) in a profile."""
-    from torch._C._profiler import _EventType
-
-    events: list[tuple[int, int]] = []
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        node = stack.pop()
-        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
-            events.append((node.start_time_ns, node.extra_fields.alloc_size))
-        stack.extend(node.children)
-    events.sort()
-    live = peak = 0
-    for _, size in events:
-        live += size
-        peak = max(peak, live)
-    return peak
-
-
 def _status_bytes(field: str) -> int | None:
     try:
         with open("/proc/self/status") as f:
@@ -226,7 +207,7 @@ def run_with_memory(fn: Callable[[], object], device: torch.device | DeviceOps) 
         os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # kineto prints two lines per profile otherwise
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             seconds = time_once(fn, ops)
-        return seconds, _allocation_peak(prof), None
+        return seconds, cpu_allocation_peak(prof), None
     return time_once(fn, ops), None, None
 
 

@@ -97,3 +97,24 @@ def time_round_robin(
                 if r < reps[name]:
                     times[name].append(time_once(fn, device))
     return times
+
+
+def cpu_allocation_peak(prof: torch.profiler.profile) -> int:
+    """Peak CPU memory of a ``torch.profiler.profile(profile_memory=True)`` run: the peak of the running
+    sum of the c10 CPU allocator events (bytes; frees are negative). Resident memory and tracemalloc
+    do not see torch's allocations this precisely."""
+    from torch._C._profiler import _EventType
+
+    events: list[tuple[int, int]] = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
+            events.append((node.start_time_ns, node.extra_fields.alloc_size))
+        stack.extend(node.children)
+    events.sort()
+    live = peak = 0
+    for _, size in events:
+        live += size
+        peak = max(peak, live)
+    return peak
