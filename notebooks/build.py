@@ -130,6 +130,15 @@ NOTEBOOKS: dict[str, tuple[str, list]] = {
                 "from harness.report.figures import plot_recipe_recovery\n"
                 "paths = plot_recipe_recovery(r.tables['results'], r.folder / 'notebook_recipes')\nImage(paths[0])"
             ),
+            new_markdown_cell(
+                "The learning-rate sweep behind each row: validation-split bits per byte on the first seed; the "
+                "rate with the lowest one was used for every seed (columns `lr`, `scratch_lr` above):"
+            ),
+            new_code_cell(
+                "sweep = r.tables.get('lr_sweep')\n"
+                "sweep.pivot_table(index=['fraction', 'method', 'recipe'], columns='lr', values='val_bpb') "
+                "if sweep is not None else 'no sweep in this run'"
+            ),
         ],
     ),
     "hybrid_pareto": (

@@ -161,3 +161,18 @@ def test_report_states_each_shipped_teachers_curve(tmp_path):
     t, dest = shipped_teacher(tmp_path)
     text = "\n".join(teachers_section({"tiny-m": str(dest)}))
     assert "**tiny-m**" in text and "converged" in text and "4,000 tokens" in text and "2.300" in text
+
+
+def test_tables_name_the_teachers_that_were_not_shipped(tmp_path):
+    from harness.report.report import unshipped_teachers_line
+
+    pd.DataFrame(
+        [
+            dict(teacher="tiny-s", method="softmax", train_tokens=1048576),
+            dict(teacher="tiny-s", method="dijiang", train_tokens=65536),
+            dict(teacher="tiny-m", method="softmax", train_tokens=8388608),
+        ]
+    ).to_csv(tmp_path / "table.csv", index=False)
+    line = "\n".join(unshipped_teachers_line(tmp_path, {"tiny-m": "teachers/tiny/tiny-m-v1"}))
+    assert "tiny-s (1,048,576 tokens)" in line and "tiny-m" not in line
+    assert unshipped_teachers_line(tmp_path, {"tiny-m": "x", "tiny-s": "y"}) == []

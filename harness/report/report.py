@@ -845,6 +845,24 @@ def _provenance(metas: dict[str, dict[str, Any]]) -> list[str]:
     ]
 
 
+def unshipped_teachers_line(out: Path, shipped: dict[str, str]) -> list[str]:
+    """Which of a table's teachers were pretrained inside the profile (not shipped, so never checked
+    for convergence), with their tokens."""
+    table = _read(out / "table.csv")
+    if table is None or not {"teacher", "method", "train_tokens"} <= set(table.columns):
+        return []
+    own = table[(table["method"] == "softmax") & ~table["teacher"].isin(list(shipped))]
+    if not len(own):
+        return []
+    listed = ", ".join(f"{r.teacher} ({int(r.train_tokens):,} tokens)" for r in own.itertuples())
+    return [
+        f"- These teachers were pretrained inside the profile, not shipped, and never checked for convergence: "
+        f"{listed}. Their conversions inherit an unfinished teacher (see the Teachers section for how far one "
+        "is from converged).",
+        "",
+    ]
+
+
 def teachers_section(shipped: dict[str, str]) -> list[str]:
     """The profile's shipped teachers (name -> folder, :mod:`harness.pipeline.teachers`): each one's
     convergence curve, validation bits per byte against pretraining tokens, from its ``teacher.json``."""
@@ -943,7 +961,7 @@ def write_report(
         if name == "table2_methods":
             lines += table2_section(out, paper_dir)
         elif name in ("table1_scale", "table3_7b"):
-            lines += scale_section(out, paper_dir, name)
+            lines += scale_section(out, paper_dir, name) + unshipped_teachers_line(out, shipped or {})
         elif name == "fig4_speed_memory":
             lines += speed_section(out, paper_dir)
         elif name == "kernel_ablation":
