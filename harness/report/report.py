@@ -718,9 +718,9 @@ def hybrid_section(out: Path) -> list[str]:
 
 def _layer_list(value: Any) -> str:
     """Layer indices as written in a table cell ("1", "0,2"; a float a CSV made of one index)."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+    if isinstance(value, float):
+        return "none" if math.isnan(value) else str(int(value)) if value.is_integer() else str(value)
+    return str(value) if str(value) else "none"
 
 
 def criterion_lines(table: pd.DataFrame) -> list[str]:
