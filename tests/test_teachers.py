@@ -176,3 +176,17 @@ def test_tables_name_the_teachers_that_were_not_shipped(tmp_path):
     line = "\n".join(unshipped_teachers_line(tmp_path, {"tiny-m": "teachers/tiny/tiny-m-v1"}))
     assert "tiny-s (1,048,576 tokens)" in line and "tiny-m" not in line
     assert unshipped_teachers_line(tmp_path, {"tiny-m": "x", "tiny-s": "y"}) == []
+
+
+def test_a_diverged_sweep_point_scores_infinity_and_is_not_chosen():
+    from harness.training.config import TrainingDiverged
+
+    def train(lr, seed):
+        if lr == 1e-2:
+            raise TrainingDiverged("non-finite loss")
+        return SimpleNamespace(result=SimpleNamespace(val_loss={1e-4: 3.0, 1e-3: 2.0}[lr] * LN2))
+
+    runs, points = sweep(train, [1e-4, 1e-3, 1e-2], [0])
+    assert points[2][1] == math.inf and [p[2] for p in points] == [False, True, False]
+    with pytest.raises(TrainingDiverged, match="every learning rate"):
+        sweep(train, [1e-2], [0])

@@ -30,6 +30,7 @@ import pandas as pd
 from harness.pipeline import stages
 from harness.pipeline.runners.base import CONVERTIBLE, Output, PlannedRun, Runner, register_runner, teacher_params
 from harness.pipeline.spec import Experiment, SpecError
+from harness.training.config import TrainingDiverged
 from harness.training.objectives import ObjectiveError
 from harness.training.recipes import RECIPES
 
@@ -55,12 +56,20 @@ def sweep(train: Callable[[float | None, int], Any], lrs: list[float], seeds: li
     """Train at every rate of ``lrs`` on the first seed, keep the rate whose run has the lowest
     validation loss, and train the other seeds at it. ``train(lr, seed)`` returns a run (``lr``
     None: the profile's rate, no sweep). Returns the run per seed and the sweep's
-    ``(lr, validation bits, chosen)`` points."""
+    ``(lr, validation bits, chosen)`` points; a rate whose run diverged scores infinity (and the others
+    are chosen from)."""
     if not lrs:
         return {s: train(None, s) for s in seeds}, []
-    tried = {lr: train(lr, seeds[0]) for lr in lrs}
-    val = {lr: run.result.val_loss / math.log(2) for lr, run in tried.items()}
-    best = min(val, key=lambda lr: val[lr])
+    tried, val = {}, {}
+    for lr in lrs:
+        try:
+            tried[lr] = train(lr, seeds[0])
+            val[lr] = tried[lr].result.val_loss / math.log(2)
+        except TrainingDiverged:  # a rate too high for this model: a sweep point, not a failure
+            val[lr] = math.inf
+    if not tried:
+        raise TrainingDiverged(f"every learning rate of {lrs} diverged; sweep lower rates.")
+    best = min(tried, key=lambda lr: val[lr])
     runs = {seeds[0]: tried[best], **{s: train(best, s) for s in seeds[1:]}}
     return runs, [(lr, val[lr], lr == best) for lr in lrs]
 
