@@ -650,6 +650,7 @@ def lr_sweep_lines(out: Path) -> list[str]:
     wide = cells.pivot_table(
         index=["fraction", "method", "recipe"], columns="lr", values="cell", aggfunc="first", sort=False
     )
+    wide = wide[sorted(wide.columns)]
     wide.columns = [f"lr {c:g}" for c in wide.columns]
     return [
         "Learning-rate sweep (validation-split bits per byte on the first seed; the chosen rate in bold):",
