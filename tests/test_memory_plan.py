@@ -25,6 +25,7 @@ import os
 import pytest
 import torch
 
+from harness.bench.shapes import get_shape
 from harness.conversion.factory import ModelSpec, build_model
 from harness.core.modeling import MixerLMConfig
 from harness.core.registry import list_methods
@@ -49,7 +50,8 @@ SHAPES = {
 }
 METHODS = ("softmax", "dijiang", "performer")
 
-#: LLaMA-2-7B (meta-llama/Llama-2-7b-hf config.json; Touvron et al. 2023)
+#: LLaMA-2-7B, as the benchmark defines it (meta-llama/Llama-2-7b-hf config.json; Touvron et al. 2023)
+LLAMA2_7B = {**get_shape("llama2-7b-model").config, "max_position_embeddings": 4096}
 LLAMA2_7B = dict(
     vocab_size=32000,
     hidden_size=4096,
