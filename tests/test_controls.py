@@ -101,3 +101,68 @@ def test_dirty_means_source_changes_only(tmp_path):
     (tmp_path / "harness" / "new_method.py").unlink()
     (tmp_path / "harness" / "m.py").write_text("x = 2\n")
     assert git_commit(tmp_path)[1] is True
+
+
+def _fake_train(calls, val):
+    def train(lr, seed, fraction):
+        calls.append((lr, seed, fraction))
+        lr = 1e-3 if lr is None else lr
+        return SimpleNamespace(result=SimpleNamespace(val_loss=val[lr] * math.log(2)))
+
+    return train
+
+
+@pytest.mark.parametrize("at_in_table", [True, False])
+def test_a_rate_swept_at_one_budget_is_reused_at_the_others(at_in_table):
+    from harness.pipeline.runners.controls import RateSweep
+
+    calls: list = []
+    train = _fake_train(calls, {1e-4: 3.0, 1e-3: 2.0, 1e-2: 2.5})
+    rates = RateSweep([1e-4, 1e-3, 1e-2], [0, 1], at=0.015625)
+    fractions = [0.015625, 0.0625] if at_in_table else [0.0625, 0.25]
+    runs = {f: rates.runs(("dijiang", "paper"), f, train) for f in fractions}
+    sweep_calls = [(lr, 0, 0.015625) for lr in (1e-4, 1e-3, 1e-2)]
+    if at_in_table:  # the sweep's run at the chosen rate is seed 0 of the sweep budget
+        expected = [*sweep_calls, (1e-3, 1, 0.015625), (1e-3, 0, 0.0625), (1e-3, 1, 0.0625)]
+    else:  # sweep-only runs, then every seed at every budget of the table
+        expected = [*sweep_calls, *[(1e-3, s, f) for f in fractions for s in (0, 1)]]
+    assert calls == expected
+    assert all(set(r) == {0, 1} for r in runs.values())
+    assert rates.chosen == {("dijiang", "paper"): 1e-3}
+    assert {p["fraction"] for p in rates.points} == {0.015625} and len(rates.points) == 3
+
+
+def test_without_a_sweep_budget_every_budget_sweeps_its_own():
+    from harness.pipeline.runners.controls import RateSweep
+
+    calls: list = []
+    rates = RateSweep([1e-4, 1e-3], [0], at=None)
+    for f in (0.0625, 0.25):
+        rates.runs(("retnet", "paper"), f, _fake_train(calls, {1e-4: 3.0, 1e-3: 2.0}))
+    assert calls == [(1e-4, 0, 0.0625), (1e-3, 0, 0.0625), (1e-4, 0, 0.25), (1e-3, 0, 0.25)]
+    assert sorted({p["fraction"] for p in rates.points}) == [0.0625, 0.25]
+
+
+@pytest.mark.parametrize("profile", ["tiny", "grid"])
+def test_the_plan_counts_the_runs_the_sweep_makes(profile):
+    """--dry-run's plan of recipes_controls holds exactly the runs RateSweep trains."""
+    from harness.pipeline.runners.base import load_experiment, runner_params
+    from harness.pipeline.runners.controls import ControlsRunner, RateSweep
+
+    exp = load_experiment("recipes_controls", load_profile(profile))
+    p = runner_params(exp)
+    planned = ControlsRunner().plan(exp, p)
+    made = []
+    conv, scratch = (
+        RateSweep(p.convert_lrs, p.seeds, p.sweep_fraction),
+        RateSweep(p.scratch_lrs, p.seeds, p.sweep_fraction),
+    )
+    val = dict.fromkeys(p.convert_lrs + p.scratch_lrs + [1e-3], 1.0)
+    for f in sorted(p.fractions, key=lambda f: f != p.sweep_fraction):
+        conv.runs(("softmax", "no-op"), f, _fake_train(made, val))
+        for m in p.methods:
+            scratch.runs((m, "scratch"), f, _fake_train(made, val))
+            for r in p.recipes:
+                conv.runs((m, r), f, _fake_train(made, val))
+    assert len(planned) == len(made)
+    assert sorted(r.tokens for r in planned) == sorted(exp.profile.teacher(p.teacher).tokens * f for _, _, f in made)

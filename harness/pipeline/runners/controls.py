@@ -14,8 +14,10 @@ byte (the primary metric at byte scale):
 Fair learning rates: with ``convert_lrs`` / ``scratch_lrs`` given, every conversion (method x recipe
 x budget), the no-op control and every from-scratch control is trained at each rate on the first
 seed, and the rate with the lowest loss on the **validation** split (never the held-out test split
-that the table scores) is used for all seeds. The sweep is a table of its own (``lr_sweep``) and the
-chosen rate is a column of the results.
+that the table scores) is used for all seeds. With ``sweep_fraction`` the rates are swept once per
+cell (method x recipe), at that budget, and the chosen rate is used at every budget: the sweep then
+costs ``len(lrs)`` runs at a small budget instead of at each. The sweep is a table of its own
+(``lr_sweep``, with the budget it ran at) and the chosen rate is a column of the results.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class ControlsParams:
     convert_lrs: list[float] = field(default_factory=list)
     #: peak learning rates swept for the from-scratch controls (empty: the profile's pretrain lr)
     scratch_lrs: list[float] = field(default_factory=list)
+    #: the budget (fraction of the teacher's tokens) at which each cell's rate is swept and chosen for
+    #: every budget; None: every budget sweeps its own
+    sweep_fraction: float | None = None
 
 
 def sweep(train: Callable[[float | None, int], Any], lrs: list[float], seeds: list[int]) -> tuple[dict[int, Any], list]:
@@ -74,6 +79,48 @@ def sweep(train: Callable[[float | None, int], Any], lrs: list[float], seeds: li
     return runs, [(lr, val[lr], lr == best) for lr in lrs]
 
 
+#: one cell of the grid, whose rate is chosen once: (method, recipe), e.g. ("dijiang", "transfer")
+Cell = tuple[str, str]
+
+
+@dataclass
+class RateSweep:
+    """Each cell's learning rate, chosen by :func:`sweep` on the first seed, at every budget or (``at``)
+    once at one budget and reused at the others. ``train(lr, seed, fraction)`` returns a run."""
+
+    lrs: list[float]
+    seeds: list[int]
+    at: float | None = None
+    chosen: dict[Cell, float] = field(default_factory=dict)
+    #: every sweep point: method, recipe, fraction, lr, val_bpb, chosen
+    points: list[dict[str, Any]] = field(default_factory=list)
+
+    def runs(self, cell: Cell, fraction: float, train: Callable[[float | None, int, float], Any]) -> dict[int, Any]:
+        """The run per seed of ``cell`` at budget ``fraction``, at the cell's chosen rate."""
+        if not self.lrs:
+            return {s: train(None, s, fraction) for s in self.seeds}
+        if self.at is None or self.at == fraction:
+            runs, points = sweep(lambda lr, s: train(lr, s, fraction), self.lrs, self.seeds)
+            self._record(cell, fraction, points)
+            return runs
+        if cell not in self.chosen:  # the sweep budget is not a budget of the table: sweep there first
+            _, points = sweep(lambda lr, s: train(lr, s, self.at), self.lrs, self.seeds[:1])
+            self._record(cell, self.at, points)
+        return {s: train(self.chosen[cell], s, fraction) for s in self.seeds}
+
+    def runs_at(self, fraction: float) -> int:
+        """Training runs one cell costs at budget ``fraction`` (for the plan)."""
+        if self.lrs and (self.at is None or self.at == fraction):
+            return len(self.lrs) + len(self.seeds) - 1
+        return len(self.seeds)
+
+    def _record(self, cell: Cell, fraction: float, points: list) -> None:
+        self.chosen[cell] = next(lr for lr, _, chosen in points if chosen)
+        self.points.extend(
+            dict(method=cell[0], recipe=cell[1], fraction=fraction, lr=lr, val_bpb=v, chosen=c) for lr, v, c in points
+        )
+
+
 def recovery(scratch: float, converted: float, teacher: float) -> float:
     """``(scratch - converted) / (scratch - teacher)``; NaN when the teacher is no better than scratch."""
     gap = scratch - teacher
@@ -92,14 +139,22 @@ class ControlsRunner(Runner):
         bad = sorted(set(p.recipes) - set(RECIPES))
         if bad:
             raise SpecError(f"experiment {exp.name!r}: unknown recipe(s) {bad}; choose from {list(RECIPES)}.")
+        if p.sweep_fraction is not None and not (p.convert_lrs and p.scratch_lrs):
+            raise SpecError(
+                f"experiment {exp.name!r}: sweep_fraction is the budget of a learning-rate sweep; give "
+                "convert_lrs and scratch_lrs too, or drop it."
+            )
+        if p.sweep_fraction is not None and not 0 < p.sweep_fraction <= 1:
+            raise SpecError(f"experiment {exp.name!r}: sweep_fraction must be in (0, 1], got {p.sweep_fraction}.")
 
     def plan(self, exp: Experiment, p: ControlsParams) -> list[PlannedRun]:
         t, n = exp.profile.teacher(p.teacher), teacher_params(exp, p.teacher)
+        conv, scratch = self._sweeps(p)
         runs = []
-        # a sweep trains every rate on the first seed, then the chosen one on the others
-        conv_runs = len(p.convert_lrs) + len(p.seeds) - 1 if p.convert_lrs else len(p.seeds)
-        scratch_runs = len(p.scratch_lrs) + len(p.seeds) - 1 if p.scratch_lrs else len(p.seeds)
-        for f in p.fractions:
+        budgets = [(f, conv.runs_at(f), scratch.runs_at(f)) for f in p.fractions]
+        if p.sweep_fraction is not None and p.sweep_fraction not in p.fractions:  # sweep-only runs
+            budgets.insert(0, (p.sweep_fraction, len(p.convert_lrs), len(p.scratch_lrs)))
+        for f, conv_runs, scratch_runs in budgets:
             tokens = t.tokens * f
             for i in range(conv_runs):
                 runs.append(
@@ -115,6 +170,11 @@ class ControlsRunner(Runner):
                         runs.append(PlannedRun(label, "convert", n, tokens, m, t.name))
         return runs
 
+    @staticmethod
+    def _sweeps(p: ControlsParams) -> tuple[RateSweep, RateSweep]:
+        """The learning-rate sweeps of the conversions (and no-op control) and of the from-scratch controls."""
+        return RateSweep(p.convert_lrs, p.seeds, p.sweep_fraction), RateSweep(p.scratch_lrs, p.seeds, p.sweep_fraction)
+
     def run(self, exp: Experiment, p: ControlsParams, ctx: stages.Context) -> Output:
         t = exp.profile.teacher(p.teacher)
         teacher = stages.teacher(ctx, t, 0)
@@ -127,36 +187,29 @@ class ControlsRunner(Runner):
         teacher_bpb = bpb(teacher, p.teacher, "softmax")
         step0 = {m: bpb(stages.untrained_conversion(ctx, t, teacher, m), f"{m}-step0", m) for m in p.methods}
         rows: list[dict[str, Any]] = []
-        swept: list[dict[str, Any]] = []
+        conv_sweep, scratch_sweep = self._sweeps(p)
 
         def lr_of(run: Any) -> float:
             return float(run.result.summary.get("config", {}).get("lr", math.nan))
 
-        def record(method: str, recipe: str, f: float, points: list) -> None:
-            swept.extend(
-                dict(method=method, recipe=recipe, fraction=f, lr=lr, val_bpb=v, chosen=c) for lr, v, c in points
+        # the sweep's own budget first, so its chosen rates exist when the other budgets need them
+        for f in sorted(p.fractions, key=lambda f: f != p.sweep_fraction):
+            noop_runs = conv_sweep.runs(
+                ("softmax", "no-op"), f, lambda lr, s, f: stages.convert(ctx, t, teacher, "softmax", f, s, lr)
             )
-
-        for f in p.fractions:
-            noop_runs, points = sweep(
-                lambda lr, s, f=f: stages.convert(ctx, t, teacher, "softmax", f, s, lr), p.convert_lrs, p.seeds
-            )
-            record("softmax", "no-op", f, points)
             noop = {s: bpb(run, "softmax", "softmax") for s, run in noop_runs.items()}
             for m in p.methods:
-                scratch_runs, points = sweep(
-                    lambda lr, s, f=f, m=m: stages.scratch_control(ctx, t, teacher, m, f, s, lr), p.scratch_lrs, p.seeds
+                scratch_runs = scratch_sweep.runs(
+                    (m, "scratch"), f, lambda lr, s, f, m=m: stages.scratch_control(ctx, t, teacher, m, f, s, lr)
                 )
-                record(m, "scratch", f, points)
                 scratch = {s: bpb(run, f"{m}-scratch", m) for s, run in scratch_runs.items()}
                 for r in p.recipes:
                     try:
-                        conv_runs, points = sweep(
-                            lambda lr, s, f=f, m=m, r=r: stages.convert_with_recipe(ctx, t, teacher, m, f, r, s, lr),
-                            p.convert_lrs,
-                            p.seeds,
+                        conv_runs = conv_sweep.runs(
+                            (m, r),
+                            f,
+                            lambda lr, s, f, m=m, r=r: stages.convert_with_recipe(ctx, t, teacher, m, f, r, s, lr),
                         )
-                        record(m, r, f, points)
                         conv = {s: bpb(run, m, m) for s, run in conv_runs.items()}
                         lrs = {s: lr_of(run) for s, run in conv_runs.items()}
                         note = ""
@@ -208,14 +261,22 @@ class ControlsRunner(Runner):
             "paper recipe on the budget, counting the teacher's forward passes (harness/training/recipes.py).",
             (
                 f"Learning rates: each conversion and the no-op control swept over {p.convert_lrs}, each "
-                f"from-scratch control over {p.scratch_lrs}, on seed {p.seeds[0]}; the rate with the lowest "
-                "validation-split loss is used for every seed (columns lr, scratch_lr; table lr_sweep)."
+                f"from-scratch control over {p.scratch_lrs}, on seed {p.seeds[0]}"
+                + (
+                    f", once per method and recipe at {p.sweep_fraction:g} of the teacher's tokens"
+                    if p.sweep_fraction is not None
+                    else ", at every budget"
+                )
+                + "; the rate with the lowest validation-split loss is used for every seed"
+                + (" and budget" if p.sweep_fraction is not None else "")
+                + " (columns lr, scratch_lr; table lr_sweep)."
                 if p.convert_lrs and p.scratch_lrs
                 else "Learning rates are the profile's (convert: fine-tunes; pretrain: from-scratch controls); no "
                 "per-method learning-rate sweep was run, so a method that needs another rate looks worse than it is."
             ),
         ]
         tables = {"results": frame, "table": table}
+        swept = conv_sweep.points + scratch_sweep.points
         if swept:
             tables["lr_sweep"] = pd.DataFrame(swept)
         return Output(tables=tables, figures=figures, notes=notes)
