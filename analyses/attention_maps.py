@@ -17,7 +17,8 @@ from harness.core.projections import repeat_kv
 
 @torch.no_grad()
 def layer_inputs(model: torch.nn.Module, input_ids: torch.Tensor, layer: int) -> torch.Tensor:
-    """The hidden states entering layer ``layer``'s mixer (after its input norm), (B, T, D)."""
+    """The hidden states entering layer ``layer``'s mixer (after its input norm), (B, T, D), on the
+    model's device (``input_ids`` are moved there)."""
     blocks = model.model.layers
     if not 0 <= layer < len(blocks):
         raise ValueError(f"layer {layer} out of range: the model has {len(blocks)} layers.")
@@ -28,7 +29,7 @@ def layer_inputs(model: torch.nn.Module, input_ids: torch.Tensor, layer: int) ->
 
     handle = blocks[layer].mixer.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        model(input_ids)
+        model(input_ids.to(next(model.parameters()).device))
     finally:
         handle.remove()
     return captured["x"]

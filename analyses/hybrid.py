@@ -105,11 +105,13 @@ def top_layers(scores: Sequence[float], k: int, highest: bool = True) -> list[in
 
 def _teacher_targets(teacher: MixerLMForCausalLM, batches: Sequence[torch.Tensor]) -> Iterator[list[tuple]]:
     """Per batch, :meth:`AttentionTransfer.layer_targets` of the teacher (mixer input, its context,
-    attention output per layer), one batch at a time; the recording hooks are removed afterwards."""
+    attention output per layer), one batch at a time, on the teacher's device (the ids are moved
+    there); the recording hooks are removed afterwards."""
     transfer = AttentionTransfer(teacher)
+    device = next(teacher.parameters()).device
     try:
         for ids in batches:
-            yield transfer.layer_targets(ids)
+            yield transfer.layer_targets(ids.to(device))
     finally:
         transfer.close()
 

@@ -114,3 +114,88 @@ def test_mixer_share_counts_only_mixer_parameters():
     t = teacher()
     mixer = sum(p.numel() for layer in t.model.layers for p in layer.mixer.parameters())
     assert mixer_share(t) == pytest.approx(mixer / sum(p.numel() for p in t.parameters()))
+
+
+# -- precision: every loss in float32 from the logits ---------------------------------------------
+def hand_lm_loss(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy of ``logits`` upcast by hand (the reference)."""
+    return torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+
+
+def hand_distill_loss(
+    s_logits: torch.Tensor, t_logits: torch.Tensor, x: torch.Tensor, alpha: float, T: float
+) -> torch.Tensor:
+    """``(1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T)`` from logits upcast by hand."""
+    s_logp = torch.log_softmax(s_logits.float() / T, -1)
+    t_logp = torch.log_softmax(t_logits.float() / T, -1)
+    kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1).mean()
+    return (1 - alpha) * hand_lm_loss(s_logits, x) + alpha * T * T * kl
+
+
+def test_lm_and_distill_losses_are_float32_under_bf16_autocast():
+    """Under CPU bf16 autocast (what accelerate's ``mixed_precision: bf16`` wraps the forward in) the
+    logits are bf16; the objectives' losses are float32 and equal the losses of those logits upcast."""
+    t = teacher()
+    student = convert_model(t, "dijiang")
+    x = ids()
+    lm = make_objective("lm", student, None)
+    distill = make_objective("distill", student, t, {"alpha": 0.3, "temperature": 2.0})
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        s_logits, t_logits = student(input_ids=x).logits, t(input_ids=x).logits
+        assert s_logits.dtype == torch.bfloat16  # the premise: autocast really runs the head in bf16
+        lm_value, distill_value = lm.loss(student, x), distill.loss(student, x)
+    assert lm_value.dtype == distill_value.dtype == torch.float32
+    assert lm_value.item() == pytest.approx(hand_lm_loss(s_logits, x).item(), rel=1e-5)
+    assert distill_value.item() == pytest.approx(hand_distill_loss(s_logits, t_logits, x, 0.3, 2.0).item(), rel=1e-5)
+
+
+@pytest.fixture
+def process_group(tmp_path):
+    """A one-process gloo group, for FSDP2's ``fully_shard`` on CPU (removed afterwards)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_lm_and_distill_losses_are_float32_under_fsdp_bf16_mixed_precision(process_group):
+    """FSDP2 with ``MixedPrecisionPolicy(bf16, output_dtype=bf16)`` (accelerate's bf16 for FSDP, what
+    ``configs/accelerate/fsdp.yaml`` runs) casts everything the model returns to bf16, its own ``loss``
+    included; the objectives compute theirs in float32 from the logits, so the logged and optimised
+    loss has float32 precision (equal to the hand-upcast loss to 1e-5, not to bf16's 2^-9)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    t = teacher()
+    student = convert_model(t, "dijiang")
+    lm = make_objective("lm", student, None)
+    distill = make_objective("distill", student, t, {"alpha": 0.3, "temperature": 2.0})
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16, output_dtype=torch.bfloat16)
+    for layer in student.model.layers:
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(student, mp_policy=policy)
+    x = ids()
+    with torch.no_grad():
+        own = student(input_ids=x, labels=x)
+        assert own.loss.dtype == own.logits.dtype == torch.bfloat16  # the premise: the model's own loss is bf16
+        s_logits, t_logits = own.logits, t(input_ids=x).logits
+    lm_value = lm.loss(student, x)
+    assert lm_value.dtype == torch.float32
+    assert lm_value.item() == pytest.approx(hand_lm_loss(s_logits, x).item(), rel=1e-5)
+    lm_value.backward()  # and it trains: gradients reach the sharded fp32 parameters
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
+    distill_value = distill.loss(student, x)
+    assert distill_value.dtype == torch.float32
+    assert distill_value.item() == pytest.approx(hand_distill_loss(s_logits, t_logits, x, 0.3, 2.0).item(), rel=1e-5)
+
+
+def test_transfer_loss_is_float32_under_bf16_autocast():
+    """The attention-transfer MSE is float32 from bf16 mixer outputs."""
+    t = teacher()
+    student = convert_model(t, "dijiang")
+    obj = make_objective("transfer", student, t)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        value = obj.loss(student, ids())
+    assert value.dtype == torch.float32 and torch.isfinite(value)

@@ -20,9 +20,10 @@ from harness.bench.device import resolve_device
 from harness.bench.plot import plot_shapes
 from harness.bench.roofline import Peaks, peaks_from_rows, roofline_table
 from harness.bench.shapes import SHAPES, UnknownShapeError, get_shape
-from harness.bench.store import ResultsFileError, ResultStore
+from harness.bench.store import ResultsFileError, ResultStore, prompt_cache_of
 from harness.bench.supervise import is_command_line, supervise
 from harness.bench.sweep import Sweep, SweepSettings
+from harness.bench.synthetic_cache import PROBE_TOKENS, PROMPT_CACHE_MODES
 from harness.bench.workloads import PHASES
 from harness.report.bench_analysis import analyse
 from harness.util.io import atomic_write_json, atomic_write_text
@@ -109,6 +110,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-len", type=_positive_int, default=16384, help="longest length (default 16384)")
     g.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset of prefill,decode,train")
     g.add_argument("--decode-tokens", type=_positive_int, default=128, help="tokens decoded after the prompt")
+    g.add_argument(
+        "--prompt-cache",
+        choices=PROMPT_CACHE_MODES,
+        default="prefill",
+        help="the cache decoding starts from: 'prefill' (default: a real prefill of the L-token prompt) or "
+        f"'synthetic' (the same sizes and positions, grown from a real prefill of {PROBE_TOKENS} tokens, without the "
+        "O(L) prefill; a cache that cannot be grown falls back to a real prefill, recorded in the row). Decoding "
+        "cost depends on the cache's sizes only; prefill and training rows are unaffected",
+    )
     g.add_argument("--batch", type=_positive_int, default=1, help="sequences per batch (default 1)")
     g.add_argument(
         "--batch-sizes",
@@ -328,6 +338,7 @@ def _main(args: argparse.Namespace) -> int:
         decode_max_len=args.decode_max_len,
         total_budget_s=args.total_budget_s,
         retry_skipped=args.retry_skipped,
+        prompt_cache=args.prompt_cache,
     )
     out_dir, stem, json_path = _paths(args, device.type)
     _fresh(args, json_path)
@@ -354,7 +365,9 @@ def _main(args: argparse.Namespace) -> int:
             )
             print(
                 f"bench: {len(methods)} method(s) x {len(shapes)} shape(s) x {len(lengths)} length(s), batch {batch}, "
-                f"on {sweep.meta['device_name']}, {args.dtype}, {torch.get_num_threads()} thread(s) -> {json_path}",
+                f"on {sweep.meta['device_name']}, {args.dtype}, {torch.get_num_threads()} thread(s)"
+                + (", synthetic prompt caches for decoding" if args.prompt_cache == "synthetic" else "")
+                + f" -> {json_path}",
                 flush=True,
             )
             try:
@@ -385,11 +398,14 @@ def _main(args: argparse.Namespace) -> int:
         for name, shape in SHAPES.items()
         for b in batch_sizes
     }
-    rows = [r for r in store.all_rows() if (r["shape"], r["settings_key"]) in keys]
+    mode = args.prompt_cache
+    rows = [r for r in _with_prompt_cache(store.all_rows(), mode) if (r["shape"], r["settings_key"]) in keys]
     if not rows and args.report_only and store.all_rows():  # e.g. --threads differs: report the newest run's
         newest = max(r["run_id"] for r in store.all_rows())
         wanted = {r["settings_key"] for r in store.all_rows() if r["run_id"] == newest}
-        rows = [r for r in store.all_rows() if r["settings_key"] in wanted]
+        modes = {prompt_cache_of(r) for r in store.all_rows() if r["run_id"] == newest} - {None}
+        mode = mode if mode in modes or not modes else sorted(modes)[0]
+        rows = [r for r in _with_prompt_cache(store.all_rows(), mode) if r["settings_key"] in wanted]
         print(f"bench: no rows with the current settings; reporting the settings of run {newest}", flush=True)
     if not rows:
         err(f"no rows with these settings in {json_path}")
@@ -415,6 +431,12 @@ def _main(args: argparse.Namespace) -> int:
         flush=True,
     )
     return 0
+
+
+def _with_prompt_cache(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+    """``rows`` without the decode rows of the other prompt-cache mode (a results file may hold both
+    for one point; a summary reports one)."""
+    return [r for r in rows if prompt_cache_of(r) in (None, mode)]
 
 
 def _paths(args: argparse.Namespace, device_type: str) -> tuple[Path, str, Path]:

@@ -10,16 +10,26 @@ from typing import Any
 from harness.util.io import atomic_write_json
 
 FORMAT = "harness-bench/1"
-KEY_FIELDS: tuple[str, ...] = ("settings_key", "shape", "method", "seq_len", "phase")
+KEY_FIELDS: tuple[str, ...] = ("settings_key", "shape", "method", "seq_len", "phase", "prompt_cache")
 
 
 class ResultsFileError(ValueError):
     """A results file that cannot be read back (it is never overwritten)."""
 
 
+def prompt_cache_of(row: dict[str, Any]) -> str | None:
+    """How a decode row's starting cache was asked for (``prefill``/``synthetic``,
+    :mod:`harness.bench.synthetic_cache`; ``prefill`` for rows written before the option existed);
+    None for the other phases, which use no prompt cache."""
+    if row.get("phase") != "decode":
+        return None
+    return row.get("prompt_cache") or "prefill"
+
+
 def row_key(row: dict[str, Any]) -> tuple:
-    """The identity of a measurement: same settings, shape, method, length and phase."""
-    return tuple(row[k] for k in KEY_FIELDS)
+    """The identity of a measurement: same settings, shape, method, length, phase and, for decoding,
+    prompt-cache mode (so a resumed sweep never takes a decode point of one mode for the other's)."""
+    return tuple(prompt_cache_of(row) if k == "prompt_cache" else row[k] for k in KEY_FIELDS)
 
 
 class ResultStore:
@@ -52,7 +62,7 @@ class ResultStore:
         self.save()
 
     def save(self) -> None:
-        rows = sorted(self.rows.values(), key=lambda r: tuple(str(r[k]).zfill(8) for k in KEY_FIELDS))
+        rows = sorted(self.rows.values(), key=lambda r: tuple(str(k).zfill(8) for k in row_key(r)))
         atomic_write_json(self.path, {"format": FORMAT, "rows": rows})
 
     def all_rows(self) -> list[dict[str, Any]]:

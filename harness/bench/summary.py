@@ -1,7 +1,9 @@
 """The markdown summary written next to a sweep's JSON: environment, protocol, throughput and memory
 tables with speedups against softmax and against the transformers reference (``hf-softmax``), roofline
 columns (the ideal DiJiang/softmax time ratio next to the measured one, :mod:`harness.bench.roofline`),
-fitted log-log slopes, crossovers and skipped points; one section per shape and batch size."""
+fitted log-log slopes, crossovers and skipped points; one section per shape and batch size. Decode rows
+say how their starting cache was built (a real prefill of the prompt, or a synthetic cache of the same
+sizes, :mod:`harness.bench.synthetic_cache`), in the header and, for fallbacks, per cell."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Any
 
 from harness.bench.reference import LABEL, display_name
 from harness.bench.roofline import Peaks, roofline_table
+from harness.bench.store import prompt_cache_of
 from harness.report.bench_analysis import HF_REFERENCE, REFERENCE, analyse, batch_of, ok_rows
 
 #: provenance keys of rows written before the suite's keys were unified (harness.util.provenance) -> old name
@@ -35,6 +38,33 @@ def _length(x: float | None) -> str:
 def _order(method: str) -> tuple[int, str]:
     """softmax first, the transformers reference second, then the rest by name."""
     return ({REFERENCE: 0, HF_REFERENCE: 1}.get(method, 2), method)
+
+
+def prompt_cache_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Notes on how the decode rows' starting caches were built (nothing without decode rows)."""
+    decode = [r for r in rows if r.get("phase") == "decode"]
+    modes = sorted({prompt_cache_of(r) for r in decode})
+    if not modes:
+        return []
+    if modes == ["prefill"]:
+        return [
+            "decode: each point starts from the cache of a real prefill of its L-token prompt "
+            "(`--prompt-cache prefill`)."
+        ]
+    ok = [r for r in decode if r.get("status") == "ok" and prompt_cache_of(r) == "synthetic"]
+    probes = sorted({r["prompt_prefilled_tokens"] for r in ok if r.get("prompt_cache_built") == "synthetic"})
+    fell = sorted({r["method"] for r in ok if r.get("prompt_cache_note")})
+    probed = ", ".join(map(str, probes)) or "a few"
+    line = (
+        f"decode (`--prompt-cache {' and '.join(modes)}`): a synthetic point starts from a cache with exactly the "
+        "sizes and position counters a real prefill of its L-token prompt leaves (KV caches tiled to L, recurrent "
+        f"states kept, counters advanced to L), grown from a real prefill of {probed} tokens "
+        "(`harness/bench/synthetic_cache.py`): a decoding step's cost depends on the cache's sizes only, not its "
+        "values. Prefill and training rows are unaffected."
+    )
+    if fell:
+        line += f" ‡: no synthetic cache for {', '.join(fell)} (see the decode tables' notes): a real prefill instead."
+    return [line]
 
 
 def render(rows: list[dict[str, Any]], notes: list[str] | None = None, peaks: Peaks | None = None) -> str:
@@ -68,10 +98,14 @@ def render(rows: list[dict[str, Any]], notes: list[str] | None = None, peaks: Pe
             "mem_method",
         ):
             out.append(f"| {k} | {first.get(k, first.get(LEGACY_KEYS.get(k, k)))} |")
+        decode_modes = sorted({prompt_cache_of(r) for r in rows if r.get("phase") == "decode"})
+        if decode_modes:
+            out.append(f"| prompt_cache (decode) | {', '.join(decode_modes)} |")
         dates = sorted(r["date"] for r in rows)
         out.append(f"| dates | {dates[0]} .. {dates[-1]} |")
         out.append(f"| runs (run_id) | {', '.join(runs)} |\n")
-    for n in notes or []:
+    notes = [*(notes or []), *prompt_cache_lines(rows)]
+    for n in notes:
         out.append(f"- {n}")
     if notes:
         out.append("")
@@ -92,6 +126,8 @@ def render(rows: list[dict[str, Any]], notes: list[str] | None = None, peaks: Pe
         ):
             if not any(r["phase"] == phase for r in srows):
                 continue
+            if phase == "decode" and any(r.get("prompt_cache_built") == "synthetic" for r in srows):
+                what += ", from a synthetic prompt cache of the same sizes (see the notes above)"
             out.append(
                 f"**{phase}** — {what} (x speedup vs softmax; `hf`: vs the {LABEL}; † where method and softmax "
                 "were measured in different invocations of a resumed sweep; `skip` = skipped, see below)\n"
@@ -109,12 +145,18 @@ def render(rows: list[dict[str, Any]], notes: list[str] | None = None, peaks: Pe
                     else:
                         sp = speed.get((shape, batch, m, phase, L))
                         mark = "" if not sp or sp["same_run"] else "†"
+                        fell = "‡" if r.get("prompt_cache_note") else ""
                         ratios = [f"{sp['speedup']:.2f}x{mark}"] if sp else []
                         if sp and sp.get("speedup_hf") and m != HF_REFERENCE:
                             ratios.append(f"{sp['speedup_hf']:.2f}x hf")
-                        cells.append(_num(r["tokens_per_s"]) + (f" ({'; '.join(ratios)})" if ratios else ""))
+                        cells.append(_num(r["tokens_per_s"]) + fell + (f" ({'; '.join(ratios)})" if ratios else ""))
                 out.append(f"| {display_name(m)} | " + " | ".join(cells) + " |")
             out.append("")
+            for r in sorted(srows, key=lambda r: (_order(r["method"]), r["seq_len"])):
+                if r["phase"] == phase and r["status"] == "ok" and r.get("prompt_cache_note"):
+                    out.append(f"- ‡ {display_name(r['method'])}, L = {r['seq_len']:,}: {r['prompt_cache_note']}")
+            if any(r["phase"] == phase and r["status"] == "ok" and r.get("prompt_cache_note") for r in srows):
+                out.append("")
         out.append("**peak memory** (MB above weights and inputs; prefill / decode / train) and **decoding cache**")
         out.append("per sequence after L tokens (MB; declared `state_size` numbers vs measured `MixerCache.numel()`)\n")
         out.append("| method | L | prefill MB | decode MB | train MB | cache MB | state_size | cache numel |")

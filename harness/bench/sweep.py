@@ -15,6 +15,12 @@ Protocol per phase point (see :mod:`harness.bench.measure`):
 Errors never stop the sweep: a length the method does not support (:class:`MixerConfigError`), a run
 past its hard deadline, out-of-memory and any other exception are recorded as skipped points with
 their reason. Points already in the results file with the same settings are not measured again.
+
+Decoding starts from the cache of a real prefill of the prompt (``prompt_cache="prefill"``) or from a
+cache of the same sizes grown from a short prefill (``"synthetic"``, :mod:`harness.bench.synthetic_cache`);
+the mode is part of a decode row's key (:func:`harness.bench.store.row_key`), and every decode row
+records how its cache was really built (``prompt_cache_built``: a cache that cannot be grown falls back
+to a real prefill, with the reason in ``prompt_cache_note``).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from harness.bench import measure, reference, roofline
 from harness.bench.device import resolve_device
 from harness.bench.shapes import Shape
 from harness.bench.store import ResultStore, row_key
+from harness.bench.synthetic_cache import PROMPT_CACHE_MODES
 from harness.bench.workloads import (
     PHASES,
     Workload,
@@ -88,9 +95,15 @@ class SweepSettings:
     decode_max_len: int | None = None
     total_budget_s: float | None = None
     retry_skipped: bool = False
+    prompt_cache: str = "prefill"  # how decoding's starting cache is built (PROMPT_CACHE_MODES)
+
+    def __post_init__(self) -> None:
+        if self.prompt_cache not in PROMPT_CACHE_MODES:
+            raise ValueError(f"prompt_cache must be one of {list(PROMPT_CACHE_MODES)}, not {self.prompt_cache!r}")
 
     def settings_key(self, shape: Shape, device: torch.device) -> str:
-        """Hash of everything a measurement depends on besides method, length and phase."""
+        """Hash of everything a measurement depends on besides method, length and phase (and a decode
+        point's prompt-cache mode, a key field of its own: :func:`harness.bench.store.row_key`)."""
         blob = {
             "v": BENCH_VERSION,
             "device": device_name(device),
@@ -237,6 +250,8 @@ class Sweep:
         self.meta = {**environment(self.device, self.dtype), "argv": " ".join(sys.argv[1:])}
         self.run_id = run_id or utc_now()
         self.predictor = Predictor()
+        #: (shape, method) whose cache could not be grown: their decode points pay a real prefill
+        self.fell_back: set[tuple[str, str]] = set()
         self.report = SweepReport()
         self._t0 = time.perf_counter()
 
@@ -254,6 +269,7 @@ class Sweep:
             "shape_kind": shape.kind,
             "seq_len": seq_len,
             "phase": phase,
+            "prompt_cache": self.s.prompt_cache if phase == "decode" else None,
             "batch": self.s.batch,
             "decode_tokens": self.s.decode_tokens,
             "max_seq_len": max_len_for(self.s, shape, seq_len),
@@ -349,7 +365,15 @@ class Sweep:
         try:
             model = build_model(shape, method, max_len_for(self.s, shape, seq_len), self.device, self.dtype)
             workload = Workload(
-                model, shape, method, seq_len, self.s.batch, self.s.decode_tokens, self.device, self.dtype
+                model,
+                shape,
+                method,
+                seq_len,
+                self.s.batch,
+                self.s.decode_tokens,
+                self.device,
+                self.dtype,
+                prompt_cache=self.s.prompt_cache,
             )
         except Exception as err:  # a method that cannot be built for this shape/length
             for row in todo:
@@ -393,7 +417,8 @@ class Sweep:
         key = (row["shape"], row["method"], phase)
         pred_t, pred_mem = self.predictor.predict(key, seq_len)
         extra = 0.0
-        if phase == "decode" and w.prompt_cache is None:  # the prompt must be prefilled first (untimed)
+        real_prompt = self.s.prompt_cache == "prefill" or (row["shape"], row["method"]) in self.fell_back
+        if phase == "decode" and real_prompt and w.prompt_cache is None:  # the prompt is prefilled first (untimed)
             extra = self.predictor.predict((row["shape"], row["method"], "prefill"), seq_len)[0] or 0.0
         row["predicted_time_s"] = pred_t
         row["predicted_mem_bytes"] = pred_mem
@@ -431,11 +456,23 @@ class Sweep:
             f"  {phase:<7} {row['time_median_s'] * 1e3:9.1f} ms  {row['tokens_per_s']:10.1f} tok/s  "
             f"x{row['repeats']}  mem {_fmt_bytes(row.get('mem_peak_bytes'))}"
             + (f"  cache {row['cache_numel']:,}/seq" if row.get("cache_numel") is not None else "")
+            + (f"  [{row.get('prompt_cache_built')} prompt cache]" if phase == "decode" else "")
         )
+        if row.get("prompt_cache_note"):
+            self.log(f"  note: {row['prompt_cache_note']}")
         return row
 
     def _measure(self, w: Workload, row: dict[str, Any], extra: float) -> None:
-        phase = w.phase(row["phase"])  # for decode this prefills the prompt if needed
+        phase = w.phase(row["phase"])  # for decode this builds the prompt's cache if needed
+        if row["phase"] == "decode" and w.prompt_info is not None:
+            info = w.prompt_info
+            row.update(
+                prompt_cache_built=info.built,
+                prompt_prefilled_tokens=info.prefilled_tokens,
+                prompt_cache_note=info.note,
+            )
+            if info.note:
+                self.fell_back.add((row["shape"], row["method"]))
         t_start = time.perf_counter()
         phase.reset()
         warm_s, mem, mem_total = measure.run_with_memory(phase.run, self.ops)

@@ -10,7 +10,10 @@ random hidden states; model shapes run :class:`~harness.core.modeling.MixerLMFor
 * decode: ``n`` tokens, one at a time, continuing from the prompt's cache with
   ``model(..., cache=cache, use_cache=True)`` — the KV cache for softmax, the recurrent
   state for linear methods (each method's ``recurrent`` form where it has one). Whole models feed
-  back their greedy choice; layers get pre-built random hidden states.
+  back their greedy choice; layers get pre-built random hidden states. The prompt's cache is that of
+  a real prefill of ``L`` tokens (``prompt_cache="prefill"``), or one of the same sizes and position
+  counters grown from a prefill of a few dozen tokens (``"synthetic"``,
+  :mod:`harness.bench.synthetic_cache`): a decoding step's cost depends on the cache's sizes only.
 * train: forward and backward over ``L`` tokens (no optimizer step: its cost does not depend on
   ``L``); layers backpropagate a fixed random cotangent into their input, whole models the
   next-token cross-entropy.
@@ -18,7 +21,6 @@ random hidden states; model shapes run :class:`~harness.core.modeling.MixerLMFor
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,7 @@ from torch import nn
 
 from harness.bench import reference
 from harness.bench.shapes import Shape
+from harness.bench.synthetic_cache import PROBE_TOKENS, PROMPT_CACHE_MODES, PromptCache, synthetic_prompt_cache
 from harness.conversion.factory import ModelSpec, decode_state_size
 from harness.conversion.factory import build_model as build_from_spec
 from harness.core.hf_cache import cache_kwarg, output_cache
@@ -119,6 +122,11 @@ class Workload:
     whole-architecture method (e.g. ``MambaForCausalLM``) or the transformers reference
     (``GPTNeoXForCausalLM``/``LlamaForCausalLM``, :mod:`harness.bench.reference`); for layer shapes it is
     fed hidden states through ``inputs_embeds`` and its minuscule head is kept.
+
+    ``prompt_cache`` says how the decode phase's starting cache is built: ``"prefill"`` (a real prefill
+    of ``seq_len`` tokens, or the prefill phase's cache when it ran) or ``"synthetic"``
+    (:func:`harness.bench.synthetic_cache.synthetic_prompt_cache` from ``probe_tokens`` real tokens, falling
+    back to a real prefill for a cache that cannot be grown); :attr:`prompt_info` records which.
     """
 
     def __init__(
@@ -131,8 +139,17 @@ class Workload:
         decode_tokens: int,
         device: torch.device,
         dtype: torch.dtype,
+        *,
+        prompt_cache: str = "prefill",
+        probe_tokens: int = PROBE_TOKENS,
     ) -> None:
+        if prompt_cache not in PROMPT_CACHE_MODES:
+            raise ValueError(f"prompt_cache must be one of {list(PROMPT_CACHE_MODES)}, not {prompt_cache!r}")
         self.model, self.shape, self.seq_len, self.batch = model, shape, seq_len, batch
+        self.method, self.prompt_cache_mode, self.probe_tokens = method, prompt_cache, probe_tokens
+        #: how the decode phase's starting cache was built (set by :meth:`decode`)
+        self.prompt_info: PromptCache | None = None
+        self._prompt_of_info: Any = None
         self.decode_tokens, self.device, self.dtype = decode_tokens, device, dtype
         self.layer = shape.kind == "layer"
         self.native = isinstance(model, (MixerLMModel, MixerLMForCausalLM))
@@ -169,10 +186,20 @@ class Workload:
         return out.logits, output_cache(out)
 
     # -- prefill -----------------------------------------------------------------------------
-    def _prefill(self) -> Any:
+    def _prefill(self, tokens: int | None = None) -> Any:
+        """The cache after a real prefill of the prompt's first ``tokens`` tokens (default: all)."""
+        inp = self.x if self.layer else self.ids
+        if tokens is not None:
+            inp = inp[:, :tokens]
         with torch.inference_mode():
-            _, cache = self._call(self.x if self.layer else self.ids, None, True, True)
+            _, cache = self._call(inp, None, True, True)
         return cache
+
+    def declared_numel(self, seq_len: int) -> int | None:
+        """Numbers the decoding cache holds after ``seq_len`` tokens, all sequences of the batch
+        (:func:`declared_state_size` x batch), or None when the method declares no size."""
+        per_sequence = declared_state_size(self.model, seq_len, self.method)
+        return None if per_sequence is None else per_sequence * self.batch
 
     def prefill(self) -> Phase:
         def run() -> None:
@@ -181,14 +208,30 @@ class Workload:
         return Phase("prefill", run, lambda: None, self.seq_len, self.forms[0])
 
     # -- decode ------------------------------------------------------------------------------
-    def decode(self) -> Phase:
+    def _prompt_for_decode(self) -> PromptCache:
+        """The decode phase's starting cache, built as :attr:`prompt_cache_mode` says (once)."""
+        if self.prompt_cache_mode == "synthetic":
+            if self.prompt_info is None:
+                self.prompt_cache = None  # a prefill phase's cache: not needed, free it first
+                self.prompt_info = synthetic_prompt_cache(
+                    self._prefill, self.seq_len, self.declared_numel, self.probe_tokens
+                )
+            return self.prompt_info
         if self.prompt_cache is None:  # prefill was not run in this process (resumed sweep)
             self.prompt_cache = self._prefill()
+        if self.prompt_info is None or self._prompt_of_info is not self.prompt_cache:
+            self.prompt_info = PromptCache.of_prefill(self.prompt_cache, self.seq_len)
+            self._prompt_of_info = self.prompt_cache
+        return self.prompt_info
+
+    def decode(self) -> Phase:
+        prompt = self._prompt_for_decode()
         state = self._decode_state
 
         def reset() -> None:
+            state["cache"] = None  # free the last run's cache before building the next
             with torch.inference_mode():
-                state["cache"] = copy.deepcopy(self.prompt_cache)
+                state["cache"] = prompt.fresh()
 
         def run() -> None:
             cache = state["cache"]

@@ -355,13 +355,7 @@ def reproduce(
             reason = why_run(exp, ctx.root / exp.name, force)
             say(f"{exp.name}: {'up to date' if reason is None else 'would run: ' + reason}")
         return 0
-    if profile.device == "cuda" and not torch.cuda.is_available():
-        from harness.util.errors import UserError
-
-        raise UserError(
-            f"profile {profile.name!r} needs CUDA GPUs (run it under `accelerate launch` on a GPU machine); use "
-            "--dry-run here to check its plan."
-        )
+    stages.profile_device(profile)  # a CUDA profile without CUDA: one line naming the CPU profiles
     start = time.time()
     if standin_profile is not None:
         standins.prepare(standin_profile, ctx.root, log=say)  # the missing ones

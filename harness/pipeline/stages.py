@@ -24,11 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from harness.pipeline.shipped import verify
 from harness.pipeline.spec import Profile, Teacher
 from harness.training.config import StepInfo, TrainConfig, TrainResult
 from harness.training.fingerprint import fingerprint, method_modules
 from harness.training.loop import train
+from harness.util.errors import UserError
 from harness.util.io import atomic_write_json
 from harness.util.provenance import REPO_ROOT
 
@@ -39,6 +42,37 @@ if TYPE_CHECKING:
 RESULTS_DIR = REPO_ROOT / "results"
 #: where ``reproduce`` writes a fresh run by default (``runs/<profile>/``; not committed)
 RUNS_DIR = REPO_ROOT / "runs"
+
+
+def profile_device(profile: Profile) -> torch.device:
+    """The device a profile's models are evaluated and measured on: its ``device`` as torch names it,
+    ``cuda`` (no index) being this process's current CUDA device (under ``accelerate launch``, the
+    process's own GPU).
+
+    A profile asking for CUDA on a machine without it is a :class:`~harness.util.errors.UserError`
+    (one line, naming the CPU profiles), never a silent fall-back to the CPU."""
+    try:
+        device = torch.device(profile.device)
+    except RuntimeError:
+        raise UserError(
+            f"profile {profile.name!r}: device {profile.device!r} is not a device torch knows; use cpu or cuda."
+        ) from None
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise UserError(
+            f"profile {profile.name!r} needs CUDA GPUs (device {profile.device!r}) and torch.cuda.is_available() is "
+            "False here; run it on a GPU machine (under `accelerate launch`), or use a CPU profile: --profile "
+            "paper-offline (the paper profile's code paths on CPU) or tiny; --dry-run shows its plan."
+        )
+    if device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    if device.index >= torch.cuda.device_count():
+        raise UserError(
+            f"profile {profile.name!r}: device {profile.device!r}, but this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s); use cuda (the process's own GPU)."
+        )
+    return device
 
 
 @dataclass
@@ -63,6 +97,11 @@ class Context:
     @property
     def runs(self) -> Path:
         return self.root / "runs"
+
+    @property
+    def device(self) -> torch.device:
+        """Where the profile's models are evaluated and measured (:func:`profile_device`)."""
+        return profile_device(self.profile)
 
 
 @dataclass
@@ -338,7 +377,8 @@ def evaluate_model(
     Scored with a context of at most the profile's ``block_size`` tokens (the eval config's
     ``max_length`` overrides it): the length every model was trained on. Longer windows would
     measure length extrapolation (which the softmax teacher's rotary positions do badly past their
-    training length) instead of the conversion."""
+    training length) instead of the conversion. The model is scored on the profile's device
+    (:attr:`Context.device`; lm-eval feeds its inputs to the model's device)."""
     from harness.conversion.factory import load_model
     from harness.evaluation.evaluate import evaluate
 
@@ -355,7 +395,7 @@ def evaluate_model(
         return json.loads(cache.read_text())["rows"]
     from harness.evaluation.lm_eval_tasks.data import OfflineDataSpec
 
-    model = load_model(str(model_path))
+    model = load_model(str(model_path), device=str(ctx.device))
     result = evaluate(
         model,
         tasks=list(ev["tasks"]),

@@ -18,12 +18,20 @@ from harness.util.timing import time_once
 
 
 @torch.inference_mode()
-def decode_throughput(model_path: str | Path, prompt_len: int, new_tokens: int = 128, repeats: int = 5) -> float:
-    """Tokens per second of cached greedy decoding after a ``prompt_len``-token prompt (batch 1).
+def decode_throughput(
+    model_path: str | Path,
+    prompt_len: int,
+    new_tokens: int = 128,
+    repeats: int = 5,
+    device: str | torch.device | None = None,
+) -> float:
+    """Tokens per second of cached greedy decoding after a ``prompt_len``-token prompt (batch 1), on
+    ``device`` (default: where :func:`~harness.conversion.factory.load_model` leaves it, the CPU; the
+    pipeline passes its profile's device).
 
     At the tiny profile a token takes ~1-3 ms, so 32 tokens x 3 repeats (the first setting) gave
     values that moved by 2x between two runs on the same idle machine; 128 x 5 costs ~1 s a model."""
-    model = load_model(str(model_path))
+    model = load_model(str(model_path), device=None if device is None else str(device))
     vocab = model.get_output_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(0)).to(model.device)
     out = model(ids, use_cache=True, logits_to_keep=1)

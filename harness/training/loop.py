@@ -67,7 +67,7 @@ from harness.training.config import (
     TrainResult,
     read_mapping,
 )
-from harness.training.objectives import make_objective
+from harness.training.objectives import lm_loss, make_objective
 from harness.util.provenance import environment
 
 
@@ -184,7 +184,8 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optim
 def _validation_loss(
     model: torch.nn.Module, blocks: PackedBlocks | None, config: TrainConfig, accelerator: Any
 ) -> float | None:
-    """Mean next-token loss (nats) over the first ``eval_blocks`` validation blocks, sharded over processes."""
+    """Mean next-token loss (nats) over the first ``eval_blocks`` validation blocks, sharded over
+    processes; float32 from the logits (:func:`~harness.training.objectives.lm_loss`), as in training."""
     if blocks is None or config.eval_blocks <= 0:
         return None
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -197,7 +198,7 @@ def _validation_loss(
     total = torch.zeros((), device=accelerator.device)
     for i in range(0, len(mine), micro):
         x = torch.from_numpy(blocks.batch(mine[i : i + micro])).to(accelerator.device)
-        total += model(input_ids=x, labels=x).loss.float() * len(x)
+        total += lm_loss(model(input_ids=x).logits, x) * len(x)
     model.train()
     return float(accelerator.reduce(total, "sum")) / n
 

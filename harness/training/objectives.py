@@ -12,6 +12,12 @@ A converted model (paper Algorithm 1: the teacher's weights, a new token mixer) 
 
 The recipes of :mod:`harness.training.recipes` chain them (``transfer`` then ``lm``). An objective is built
 once per run by :func:`make_objective` and called on each batch of token ids.
+
+Every loss is computed here in float32 from the model's outputs (logits, or a mixer's output),
+upcast first, not taken from the model's own ``loss``: under bf16/fp16 mixed precision the logits
+are low precision, and FSDP's ``MixedPrecisionPolicy(output_dtype=bf16)`` casts everything the
+wrapped model returns, its ``loss`` included, to bf16 (a logged and optimised loss with 8
+significant bits). Computed from the upcast logits, the loss has float32 precision on every engine.
 """
 
 from __future__ import annotations
@@ -56,13 +62,23 @@ def freeze_all_but(model: nn.Module, names: list[str]) -> None:
         p.requires_grad_(name in keep)
 
 
+def lm_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy (nats) of ``logits`` (B, T, V) on token ids ``ids`` (B, T), -100
+    ignored, computed in float32 whatever the logits' dtype (the paper's fine-tuning loss, DiJiang
+    Sec. 4: position t predicts token t + 1)."""
+    return F.cross_entropy(
+        logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten().to(logits.device), ignore_index=-100
+    )
+
+
 class Objective:
     """The loss of one batch; subclasses hold what they need (a frozen teacher)."""
 
     name = "lm"
 
     def loss(self, model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-        return model(input_ids=ids, labels=ids).loss
+        """The LM loss of ``model`` on ``ids``, float32 (:func:`lm_loss` of its logits)."""
+        return lm_loss(model(input_ids=ids).logits, ids)
 
 
 class Distill(Objective):
@@ -74,14 +90,15 @@ class Distill(Objective):
         self.teacher, self.opt = teacher, options
 
     def loss(self, model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-        out = model(input_ids=ids, labels=ids)
+        """``(1 - alpha) * CE + alpha * T^2 * KL``, float32: both terms from the upcast logits."""
+        s_logits = model(input_ids=ids).logits.float()
         with torch.no_grad():
             t_logits = self.teacher(input_ids=ids).logits.float()
         T = self.opt.temperature
-        s_logp = F.log_softmax(out.logits.float() / T, -1)
+        s_logp = F.log_softmax(s_logits / T, -1)
         t_logp = F.log_softmax(t_logits / T, -1)
         kl = F.kl_div(s_logp.flatten(0, 1), t_logp.flatten(0, 1), log_target=True, reduction="batchmean")
-        return (1 - self.opt.alpha) * out.loss + self.opt.alpha * T * T * kl
+        return (1 - self.opt.alpha) * lm_loss(s_logits, ids) + self.opt.alpha * T * T * kl
 
 
 class AttentionTransfer(Objective):
@@ -116,6 +133,7 @@ class AttentionTransfer(Objective):
         return seen
 
     def loss(self, model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        """Mean over layers of the float32 MSE between the student's mixer output and the teacher's."""
         targets = self.layer_targets(ids)
         layers = getattr(model, "module", model).model.layers  # unwrapped from DDP
         if len(targets) != len(layers):

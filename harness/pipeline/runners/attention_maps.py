@@ -24,7 +24,8 @@ class AttentionMapsParams:
 @register_runner("attention_maps")
 class AttentionMapsRunner(Runner):
     """Implied attention maps of the teacher (softmax) and of the converted models of ``source``
-    (seed 0) on the same held-out input, averaged over heads, with their distance to softmax."""
+    (seed 0) on the same held-out input, averaged over heads, with their distance to softmax; each
+    model runs on the profile's device."""
 
     Params = AttentionMapsParams
 
@@ -43,7 +44,7 @@ class AttentionMapsRunner(Runner):
             if m == "softmax":
                 # the suite's softmax decoder (a hub GPT-NeoX/LLaMA checkpoint converted exactly): load_model
                 # would give transformers' own model, which has no mixer to hook
-                model = load_teacher(stages._source(teacher))
+                model = load_teacher(stages._source(teacher)).to(ctx.device)
             else:
                 run = stages.convert(
                     ctx,
@@ -53,8 +54,8 @@ class AttentionMapsRunner(Runner):
                     sp.conversion_fraction,
                     0,
                 )
-                model = load_model(stages._source(run))
-            maps[m] = implied_attention(model, ids, p.layer).float()
+                model = load_model(stages._source(run), device=str(ctx.device))
+            maps[m] = implied_attention(model, ids, p.layer).float().cpu()  # computed on the profile's device
         for m, a in maps.items():
             rows.append(
                 {

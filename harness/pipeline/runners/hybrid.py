@@ -99,11 +99,11 @@ class HybridRunner(Runner):
 
     def configs(self, ctx: stages.Context, p: HybridParams, teacher_path: str) -> list[Config]:
         """Every configuration, its softmax layers chosen on the teacher (one selection per method and
-        criterion, cached with the runs)."""
+        criterion, cached with the runs), measured on the profile's device."""
         from analyses.hybrid import select_layers
         from harness.conversion.factory import load_teacher
 
-        teacher = load_teacher(teacher_path)
+        teacher = load_teacher(teacher_path).to(ctx.device)
         n_layers = teacher.config.num_hidden_layers
         batches = [heldout_ids(ctx, teacher_path, p.selection_tokens, split="validation", count=p.selection_docs)]
         out = []
@@ -129,7 +129,7 @@ class HybridRunner(Runner):
         teacher_run = stages.teacher(ctx, t, p.seed)
         teacher_path = stages._source(teacher_run)
         points: list[dict[str, Any]] = []
-        models: dict[str, Any] = {"teacher": load_teacher(teacher_path)}
+        models: dict[str, Any] = {"teacher": load_teacher(teacher_path).to(ctx.device)}
         teacher_rows = stages.evaluate_model(ctx, teacher_run, p.teacher, "softmax")
         points.append(self._point("teacher", "softmax", "teacher", None, None, None, teacher_rows))
         runs: dict[str, stages.Run] = {}
@@ -144,7 +144,7 @@ class HybridRunner(Runner):
             rows = stages.evaluate_model(ctx, run, cfg.label, cfg.method)
             kept = sorted(i for i, v in cfg.layer_mixers.items() if v["mixer"] == "softmax")
             points.append(self._point(cfg.label, cfg.method, cfg.criterion, cfg.k, cfg.window, kept, rows))
-            models[cfg.label] = load_model(str(run.model_dir))
+            models[cfg.label] = load_model(str(run.model_dir), device=str(ctx.device))
         decode = pd.DataFrame(
             measure_decode(models, p.contexts, steps=p.decode_steps, repeats=p.decode_repeats)
         ).rename(columns={"model": "label"})
@@ -164,7 +164,8 @@ class HybridRunner(Runner):
             "Decode speed: one-token steps after a cache of the context's shape "
             "(analyses.hybrid.synthetic_cache: "
             "random keys/values for softmax layers, a real chunked pass for the others), median of "
-            f"{p.decode_repeats} calls of {p.decode_steps} steps, interleaved across models; one process, CPU.",
+            f"{p.decode_repeats} calls of {p.decode_steps} steps, interleaved across models; one process, "
+            f"{ctx.device.type.upper()}.",
         ]
         return Output(tables={"results": decode, "table": table}, figures=figures, notes=notes)
 

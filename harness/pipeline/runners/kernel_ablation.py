@@ -44,8 +44,9 @@ class KernelAblationRunner(Runner):
         path = stages._source(teacher)
         # the suite's softmax decoder (a hub GPT-NeoX/LLaMA checkpoint converted exactly): load_model would
         # give transformers' own model, which has no mixer to read queries and keys from
-        model = load_teacher(path)
-        q, k = queries_keys(model, heldout_ids(ctx, path, p.tokens), p.layer)
+        model = load_teacher(path).to(ctx.device)
+        # the teacher's forward on the profile's device; the estimators (float64, NNLS) on the CPU
+        q, k = (t.cpu() for t in queries_keys(model, heldout_ids(ctx, path, p.tokens), p.layer))
         inputs = {"teacher": (q, k)}
         if p.control_std is not None:
             g = torch.Generator().manual_seed(0)

@@ -61,7 +61,7 @@ class ScaleRunner(Runner):
                 conv = stages.convert(ctx, t, teacher, p.method, p.conversion_fraction, s)
                 for label, run, method in ((name, teacher, "softmax"), (f"{p.method}-{name}", conv, p.method)):
                     is_run = isinstance(run, stages.Run)
-                    tps = decode_throughput(run.model_dir if is_run else run, p.throughput_len)
+                    tps = decode_throughput(run.model_dir if is_run else run, p.throughput_len, device=ctx.device)
                     from harness.evaluation.models import count_parameters  # each model's own (gate, decays included)
 
                     extra = dict(
