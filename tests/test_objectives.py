@@ -199,3 +199,15 @@ def test_transfer_loss_is_float32_under_bf16_autocast():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         value = obj.loss(student, ids())
     assert value.dtype == torch.float32 and torch.isfinite(value)
+
+
+def test_the_transfer_stage_refuses_a_multi_process_launch_in_one_line(monkeypatch):
+    from harness.cli.train import check_engine
+    from harness.training.config import TrainConfig, TrainConfigError
+
+    config = TrainConfig.from_dict({"objective": "transfer", "teacher": "/t", "model": "/t", "mixer": "dijiang"})
+    check_engine(config)  # one process: runs
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(TrainConfigError, match="runs in one process"):
+        check_engine(config)
+    check_engine(TrainConfig.from_dict({"objective": "lm", "model": "/t", "mixer": "dijiang"}))  # others run

@@ -66,11 +66,26 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(overrides)
 
 
+def check_engine(config: TrainConfig) -> None:
+    """Refuse, in one line, an objective the launch cannot run correctly: ``transfer`` calls each
+    layer's mixer on its own (LoLCATs' layer-wise attention transfer), outside the wrapped model's
+    forward, where FSDP's sharded (DTensor) weights fail and DDP would not synchronise gradients."""
+    if config.objective == "transfer" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise TrainConfigError(
+            "the transfer objective runs in one process (it calls each layer's mixer outside the wrapped "
+            "model, where FSDP's sharded weights fail and DDP does not synchronise gradients); launch this "
+            "stage without accelerate launch (it trains the mixers' own parameters only), then the LM stage "
+            "on any engine."
+        )
+
+
 def main(args: argparse.Namespace) -> int:
     """Train as the flags say and print one JSON summary line (errors: see :mod:`harness.cli`)."""
     from harness.training.loop import train
 
-    result = train(config_from_args(args))
+    config = config_from_args(args)
+    check_engine(config)
+    result = train(config)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # one summary line per run, from the main process
     status = "reused finished run" if result.reused else ("finished" if result.finished else "stopped early")
