@@ -42,13 +42,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.bench.synthetic_cache import PROBE_TOKENS, synthetic_prompt_cache
+from harness.bench.workloads import cache_bytes, cache_numel
 from harness.conversion.factory import decode_state_size
 from harness.conversion.mixer_swap import convert_model
 from harness.core.hf_cache import cache_kwarg, output_cache
-from harness.core.mixer import MixerConfigError, TokenMixer
-from harness.core.modeling import MixerCache, MixerLMForCausalLM
+from harness.core.mixer import MixerConfigError
+from harness.core.modeling import MixerLMForCausalLM
 from harness.training.objectives import AttentionTransfer
-from harness.util.tensor_tree import tensors_in
 from harness.util.timing import time_round_robin
 
 CRITERIA: tuple[str, ...] = ("index", "even", "transfer", "entropy")
@@ -244,40 +245,6 @@ def build_hybrid(
 
 
 # -- decode cost -------------------------------------------------------------------------------
-def _kv_cache_grows(mixer: TokenMixer) -> bool:
-    """Whether the mixer keeps every past key and value (softmax attention: a state that grows with
-    the context and only a parallel form, so its prefill is O(L^2)); read off its declared contract."""
-    n = 1 << 16
-    return mixer.forms == ("parallel",) and mixer.state_size(2 * n) == 2 * mixer.state_size(n) > 0
-
-
-@torch.inference_mode()
-def synthetic_cache(model: MixerLMForCausalLM, context: int, batch_size: int = 1, seed: int = 0) -> MixerCache:
-    """A decoding cache of ``model`` after ``context`` tokens, of the shape a real prefill leaves,
-    built layer by layer without an O(L^2) pass: a softmax layer's KV cache is random keys and values
-    of length ``context``; every other layer's state is what its own mixer returns after its default
-    (``chunk`` / block-wise) form over ``context`` random hidden states, O(L) (O(L W) for windows).
-    The numbers are not the model's (decoding cost does not depend on them), the shapes are."""
-    if not isinstance(model, MixerLMForCausalLM):
-        raise TypeError(f"synthetic_cache builds the suite's MixerLM caches, not a {type(model).__name__}'s.")
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    param = next(model.parameters())
-    dev, dt = param.device, param.dtype
-    cfg = model.config
-    cache = MixerCache(cfg.num_hidden_layers)
-    positions = torch.arange(context, device=dev).expand(batch_size, context)
-    for i, layer in enumerate(model.model.layers):
-        mixer = layer.mixer
-        if _kv_cache_grows(mixer):
-            shape = (batch_size, cfg.num_key_value_heads, context, cfg.head_dim)
-            cache.states[i] = tuple(torch.randn(shape, generator=g).to(dev, dt) for _ in range(2))
-        else:
-            x = torch.randn(batch_size, context, cfg.hidden_size, generator=g).to(dev, dt)
-            cache.states[i] = mixer(x, position_ids=positions)[1]
-    cache.seen_tokens = context
-    return cache
-
-
 def measure_decode(
     models: Mapping[str, MixerLMForCausalLM],
     contexts: Sequence[int] = (2048, 8192, 32768),
@@ -286,10 +253,15 @@ def measure_decode(
     steps: int = 16,
     repeats: int = 5,
     warmup: int = 1,
+    probe_tokens: int = PROBE_TOKENS,
 ) -> list[dict[str, Any]]:
     """Decode speed and state size of each model at each context length.
 
-    What is measured, per (model, context L): the cache of :func:`synthetic_cache` at L; then
+    What is measured, per (model, context L): the cache an L-token prefill of a fixed random prompt
+    leaves, built without that O(L^2) prefill by
+    :func:`harness.bench.synthetic_cache.synthetic_prompt_cache` (grown from real prefills of its first
+    ``probe_tokens - 1`` and ``probe_tokens`` tokens; a cache that cannot be grown is really prefilled,
+    recorded in ``prompt_cache_built`` = ``"prefill"`` with the reason in ``prompt_cache_note``); then
     ``warmup`` untimed calls and ``repeats`` timed calls, each of ``steps`` one-token decoding steps
     ``model(token, cache=cache, use_cache=True)`` (full logits over the vocabulary, as generation;
     fixed random tokens, no sampling), continuing the same cache, so the context grows from L to
@@ -299,7 +271,7 @@ def measure_decode(
     cached per sequence after L tokens as the layers declare them
     (:func:`harness.conversion.factory.decode_state_size`);
     ``cache_numel``: the numbers the cache actually holds per sequence at L (they must agree);
-    ``state_bytes``: ``cache_numel`` times the element size.
+    ``state_bytes``: the bytes it holds per sequence.
     """
     fns, reps, info = {}, {}, {}
     for name, model in models.items():
@@ -308,10 +280,19 @@ def measure_decode(
         dev = next(model.parameters()).device
         vocab = model.get_output_embeddings().weight.shape[0]
         for L in contexts:
-            cache = synthetic_cache(model, L, batch_size)
-            numel = cache.numel() // batch_size
-            elem = tensors_in(cache.states)[0].element_size()
-            tokens = torch.randint(0, vocab, (batch_size, 1), generator=torch.Generator().manual_seed(L)).to(dev)
+            g = torch.Generator().manual_seed(L)
+            prompt_ids = torch.randint(0, vocab, (batch_size, L), generator=g).to(dev)
+            tokens = torch.randint(0, vocab, (batch_size, 1), generator=g).to(dev)
+
+            def prefill(n: int, model: nn.Module = model, ids: torch.Tensor = prompt_ids) -> Any:
+                with torch.inference_mode():
+                    return output_cache(model(ids[:, :n], use_cache=True, logits_to_keep=1))
+
+            def declared(n: int, model: nn.Module = model) -> int:
+                return decode_state_size(model, n) * batch_size
+
+            prompt = synthetic_prompt_cache(prefill, L, declared, probe_tokens)
+            cache = prompt.fresh()
             holder = {"cache": cache}
 
             def run(model: nn.Module = model, holder: dict = holder, tokens: torch.Tensor = tokens, kwarg: str = kwarg):
@@ -327,10 +308,13 @@ def measure_decode(
                 "batch_size": batch_size,
                 "steps": steps,
                 "state_numbers": decode_state_size(model, L),
-                "cache_numel": numel,
-                "state_bytes": numel * elem,
+                "cache_numel": cache_numel(cache, batch_size),
+                "state_bytes": cache_bytes(cache, batch_size),
+                "prompt_cache_built": prompt.built,
+                "prompt_cache_note": prompt.note,
                 "device": str(dev),
             }
+            del cache, prompt
     device = next(next(iter(models.values())).parameters()).device
     times = time_round_robin(fns, reps, device, warmup=warmup)
     rows = []

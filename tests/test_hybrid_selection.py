@@ -11,11 +11,11 @@ from analyses.hybrid import (
     evenly_spaced,
     measure_decode,
     select_layers,
-    synthetic_cache,
     top_layers,
     transfer_scores,
 )
 from harness import MixerLMConfig, MixerLMForCausalLM
+from harness.conversion.factory import decode_state_size
 from harness.core.hf_cache import output_cache
 from harness.core.mixer import MixerConfigError
 from harness.util.tensor_tree import tensors_in
@@ -178,6 +178,7 @@ DECODE_MODELS = {
     "window-linear": ("window-linear", {"window": 8}, {}),
     "dijiang": ("dijiang", {}, {}),
     "hybrid": ("dijiang", {}, {1: {"mixer": "softmax"}}),
+    "softmax+window-linear": ("window-linear", {"window": 8}, {1: {"mixer": "softmax"}}),
 }
 
 
@@ -199,30 +200,41 @@ def decode_model(name: str) -> MixerLMForCausalLM:
 
 
 @pytest.mark.parametrize("name", sorted(DECODE_MODELS))
-def test_synthetic_cache_has_the_shape_of_a_real_prefill(name):
+def test_measure_decode_grows_a_cache_of_a_real_prefills_size(name):
+    """The decode cache at L is grown from a short prefill (no L-token prefill) and holds what a real
+    L-token prefill's cache holds, which is what the layers declare."""
     model = decode_model(name)
     with torch.no_grad():
         real = output_cache(model(torch.randint(0, 64, (2, 40)), use_cache=True))
-    fake = synthetic_cache(model, 40, batch_size=2)
-    assert fake.seen_tokens == real.seen_tokens == 40
-    for a, b in zip(fake.states, real.states):
-        assert [t.shape for t in tensors_in(a)] == [t.shape for t in tensors_in(b)]
-        assert [x for x in (a if isinstance(a, tuple) else ()) if not isinstance(x, torch.Tensor)] == [
-            x for x in (b if isinstance(b, tuple) else ()) if not isinstance(x, torch.Tensor)
-        ]
+    (row,) = measure_decode({name: model}, contexts=(40,), batch_size=2, steps=1, repeats=1, probe_tokens=12)
+    assert row["prompt_cache_built"] == "synthetic" and row["prompt_cache_note"] is None
+    assert row["cache_numel"] == real.numel() // 2 == decode_state_size(model, 40) == row["state_numbers"]
+    assert row["state_bytes"] == sum(t.numel() * t.element_size() for t in tensors_in(real)) // 2
+
+
+def test_measure_decode_records_a_real_prefill_when_the_cache_cannot_be_grown():
+    """Softmax and a window still filling at the probe grow to different lengths (L and W), which one
+    grown length cannot give: the cache is really prefilled, and the row says so. (L is odd: both
+    layers hold the same numbers per position, so for an even L the length (L + W) / 2 would match the
+    declared total, a limit of the total-size check.)"""
+    model = decode_model("softmax+window-linear")
+    (row,) = measure_decode({"m": model}, contexts=(41,), steps=1, repeats=1, probe_tokens=6)
+    assert row["prompt_cache_built"] == "prefill" and "cannot grow" in row["prompt_cache_note"]
+    assert row["cache_numel"] == decode_state_size(model, 41) == row["state_numbers"]
 
 
 def test_measure_decode_reports_speed_and_state():
     models = {name: decode_model(name) for name in DECODE_MODELS}
-    rows = measure_decode(models, contexts=(16, 48), steps=2, repeats=2)
+    rows = measure_decode(models, contexts=(16, 48), steps=2, repeats=2, probe_tokens=12)
     assert len(rows) == 2 * len(models)
     state = {(r["model"], r["context"]): r for r in rows}
     for r in rows:
         assert r["tokens_per_s"] > 0 and len(r["times"]) == 2
         assert r["state_numbers"] == r["cache_numel"] and r["state_bytes"] == 4 * r["cache_numel"]
         assert r["context_end"] == r["context"] + 6
+        assert r["prompt_cache_built"] == "synthetic", r
     for name in ("sliding-window", "window-linear", "dijiang"):
         assert state[(name, 16)]["state_numbers"] == state[(name, 48)]["state_numbers"], name
-    for name in ("softmax", "hybrid"):
+    for name in ("softmax", "hybrid", "softmax+window-linear"):
         assert state[(name, 48)]["state_numbers"] > state[(name, 16)]["state_numbers"], name
     assert state[("softmax", 48)]["state_numbers"] == 2 * 2 * 32 * 48  # layers x (K, V) x H d x L

@@ -70,6 +70,12 @@ def pareto_front(points: pd.DataFrame, speed: str, quality: str = "bpb") -> pd.S
     return pd.Series({i: not dominated(i) for i in points.index})
 
 
+def _fallbacks(decode: pd.DataFrame) -> str:
+    """The (model, context) pairs whose decode cache was really prefilled, or "none"."""
+    real = decode[decode["prompt_cache_built"] != "synthetic"]
+    return ", ".join(f"{r.label}@{r.context}" for r in real.itertuples()) or "none"
+
+
 @register_runner("hybrid")
 class HybridRunner(Runner):
     """Hybrid configurations (kept softmax layers, windows) on a quality-speed plane."""
@@ -161,9 +167,9 @@ class HybridRunner(Runner):
             f"Every configuration fine-tuned on {p.fraction:g} of the teacher's tokens (the same data and "
             f"tokens); softmax layers chosen on {p.selection_docs} validation documents of "
             f"{p.selection_tokens} tokens (criteria: {', '.join(p.criteria)}; 'even' is the control).",
-            "Decode speed: one-token steps after a cache of the context's shape "
-            "(analyses.hybrid.synthetic_cache: "
-            "random keys/values for softmax layers, a real chunked pass for the others), median of "
+            "Decode speed: one-token steps after a cache of the sizes an L-token prefill leaves "
+            "(harness.bench.synthetic_cache.synthetic_prompt_cache: grown from a short real prefill; "
+            f"real prefills: {_fallbacks(decode)}), median of "
             f"{p.decode_repeats} calls of {p.decode_steps} steps, interleaved across models; one process, "
             f"{ctx.device.type.upper()}.",
         ]
