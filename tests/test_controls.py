@@ -166,3 +166,17 @@ def test_the_plan_counts_the_runs_the_sweep_makes(profile):
                 conv.runs((m, r), f, _fake_train(made, val))
     assert len(planned) == len(made)
     assert sorted(r.tokens for r in planned) == sorted(exp.profile.teacher(p.teacher).tokens * f for _, _, f in made)
+
+
+def test_hybrid_windows_with_a_method_window_linear_refuses_fail_before_training():
+    from harness.pipeline.runners.base import load_experiment, runner_params
+    from harness.pipeline.runners.hybrid import HybridRunner
+    from harness.pipeline.spec import SpecError
+
+    exp = load_experiment("hybrid_pareto", load_profile("grid"))
+    p = runner_params(exp)
+    HybridRunner().validate(exp, p)  # the grid as committed: windows for dijiang only
+    assert all("retnet-window" not in r.label for r in HybridRunner().plan(exp, p))
+    p.window_methods = None  # windows for every method, retnet included
+    with pytest.raises(SpecError, match="retnet.*not normalised.*window_methods"):
+        HybridRunner().validate(exp, p)

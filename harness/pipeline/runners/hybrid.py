@@ -32,6 +32,9 @@ class HybridParams:
     ks: list[int]
     criteria: list[str] = field(default_factory=lambda: ["transfer", "even"])
     windows: list[int] = field(default_factory=list)
+    #: the linear methods converted with window + linear in every layer (default: every method of
+    #: ``methods``); window-linear needs a normalised linear method (not retnet)
+    window_methods: list[str] | None = None
     fraction: float = 0.0625
     contexts: list[int] = field(default_factory=lambda: [2048, 8192, 32768])
     #: the context whose decode speed the Pareto front uses
@@ -70,6 +73,11 @@ def pareto_front(points: pd.DataFrame, speed: str, quality: str = "bpb") -> pd.S
     return pd.Series({i: not dominated(i) for i in points.index})
 
 
+def window_methods(p: HybridParams) -> list[str]:
+    """The methods converted with window + linear in every layer."""
+    return list(p.methods if p.window_methods is None else p.window_methods)
+
+
 def _fallbacks(decode: pd.DataFrame) -> str:
     """The (model, context) pairs whose decode cache was really prefilled, or "none"."""
     real = decode[decode["prompt_cache_built"] != "synthetic"]
@@ -91,6 +99,25 @@ class HybridRunner(Runner):
             raise SpecError(f"experiment {exp.name!r}: unknown criteria {bad}; choose from {list(CRITERIA)}.")
         if p.front_context not in p.contexts:
             raise SpecError(f"experiment {exp.name!r}: front_context {p.front_context} must be one of contexts.")
+        self._check_windows(exp, p)
+
+    @staticmethod
+    def _check_windows(exp: Experiment, p: HybridParams) -> None:
+        """Every (window method, window) builds as a window-linear mixer: refused before any training."""
+        from harness.core.mixer import MixerConfig, MixerConfigError
+        from harness.core.registry import build_mixer
+
+        stray = sorted(set(window_methods(p)) - set(p.methods))
+        if stray:
+            raise SpecError(f"experiment {exp.name!r}: window_methods {stray} are not in methods {p.methods}.")
+        for m in window_methods(p):
+            for w in p.windows:
+                try:
+                    build_mixer("window-linear", MixerConfig(d_model=16, n_heads=2, options={"window": w, "linear": m}))
+                except MixerConfigError as err:
+                    raise SpecError(
+                        f"experiment {exp.name!r}: {err} (set window_methods to the methods it can pair with)"
+                    ) from None
 
     def methods(self, exp: Experiment, p: HybridParams) -> list[str]:
         extra = ["window-linear"] if p.windows else []
@@ -100,7 +127,7 @@ class HybridRunner(Runner):
         t, n = exp.profile.teacher(p.teacher), teacher_params(exp, p.teacher)
         tokens = t.tokens * p.fraction
         labels = [(m, f"{m}-{c}-k{k}") for m in p.methods for c in p.criteria for k in p.ks]
-        labels += [(m, f"{m}-window{w}") for m in p.methods for w in p.windows]
+        labels += [(m, f"{m}-window{w}") for m in window_methods(p) for w in p.windows]
         return [PlannedRun(f"hybrid-{t.name}-{label}", "convert", n, tokens, m, t.name) for m, label in labels]
 
     def configs(self, ctx: stages.Context, p: HybridParams, teacher_path: str) -> list[Config]:
@@ -121,7 +148,7 @@ class HybridRunner(Runner):
                     sel = select_layers(teacher, c, k, batches=batches, linear=m)
                     layers = {i: {"mixer": "softmax"} for i in sel.kept}
                     out.append(Config(f"{m}-{c}-k{k}", m, c, k, None, layers, dataclasses.asdict(sel)))
-            for w in p.windows:
+            for w in p.windows if m in window_methods(p) else []:
                 layers = {i: {"mixer": "window-linear", "options": {"window": w, "linear": m}} for i in range(n_layers)}
                 out.append(Config(f"{m}-window{w}", m, "window", 0, w, layers, None))
         return out
