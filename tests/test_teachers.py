@@ -190,3 +190,23 @@ def test_a_diverged_sweep_point_scores_infinity_and_is_not_chosen():
     assert points[2][1] == math.inf and [p[2] for p in points] == [False, True, False]
     with pytest.raises(TrainingDiverged, match="every learning rate"):
         sweep(train, [1e-2], [0])
+
+
+def test_the_report_flags_a_rate_chosen_at_the_edge_of_its_sweep():
+    from harness.report.report import sweep_edge_lines
+
+    def cell(method, vals):
+        return [
+            dict(fraction=0.0625, method=method, recipe="paper", lr=lr, val_bpb=v, chosen=v == min(vals.values()))
+            for lr, v in vals.items()
+        ]
+
+    sweep = pd.DataFrame(
+        cell("dijiang", {3e-4: 3.2, 1e-3: 3.1, 3e-3: 3.0})  # best at the top: flagged
+        + cell("retnet", {3e-4: 3.2, 1e-3: 3.0, 3e-3: 3.1})  # inside: not flagged
+        + cell("performer", {3e-4: 3.0, 1e-3: 3.1, 3e-3: math.inf})  # lowest finite: flagged
+    )
+    text = "\n".join(sweep_edge_lines(sweep))
+    assert "2 of 3 cells" in text and "dijiang/paper at 0.0625 (highest, 0.003)" in text
+    assert "performer/paper at 0.0625 (lowest, 0.0003)" in text and "retnet" not in text
+    assert sweep_edge_lines(pd.DataFrame(cell("retnet", {3e-4: 3.2, 1e-3: 3.0, 3e-3: 3.1}))) == []

@@ -657,6 +657,30 @@ def lr_sweep_lines(out: Path) -> list[str]:
         "",
         _md(wide.reset_index()),
         "",
+        *sweep_edge_lines(sweep),
+    ]
+
+
+def sweep_edge_lines(sweep: pd.DataFrame) -> list[str]:
+    """The cells whose chosen rate is the highest or lowest one swept: the optimum may lie beyond the
+    sweep, so the cell may be under-tuned (a warning, not a verdict)."""
+    edges = []
+    for (fraction, method, recipe), g in sweep.groupby(["fraction", "method", "recipe"], sort=False):
+        tried = g[np.isfinite(g["val_bpb"].astype(float))]["lr"]
+        chosen = g[g["chosen"].astype(bool)]["lr"]
+        if len(tried) < 2 or not len(chosen):
+            continue
+        lr = float(chosen.iloc[0])
+        side = "highest" if lr == tried.max() else "lowest" if lr == tried.min() else None
+        if side:
+            edges.append(f"{method}/{recipe} at {fraction:g} ({side}, {lr:g})")
+    if not edges:
+        return []
+    return [
+        f"- **At the edge of the sweep**: {len(edges)} of {sweep.groupby(['fraction', 'method', 'recipe']).ngroups} "
+        f"cells chose the highest or lowest rate tried, so a rate beyond the sweep may do better and these "
+        f"cells may be under-tuned: {'; '.join(edges)}.",
+        "",
     ]
 
 
