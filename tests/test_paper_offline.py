@@ -269,3 +269,19 @@ print(json.dumps({
     assert dijiang == got["state"]["8192"][1] < softmax  # a fixed-size state, whatever the length
     assert got["state"]["8192"][0] == 4 * softmax
     assert got["maxrss_kb"] < 2 * 1024 * 1024  # < 2 GB: no weight allocated
+
+
+def test_a_definition_is_keyed_on_its_stand_ins_names_not_the_folder_they_were_made_in(tmp_path):
+    """A reference made in one run folder stays comparable with a run made in another."""
+    from harness.pipeline.reproduce import definition_hash
+    from harness.pipeline.runners import load_experiment
+    from harness.pipeline.spec import load_profile
+
+    profile = load_profile("paper-offline")
+    here, there = (standins.resolve(profile, tmp_path / d / "paper-offline") for d in ("a", "b"))
+    assert here.data != there.data  # two different local folders...
+    assert standins.unresolve(here) == standins.unresolve(there) == profile  # ...written back as named
+    exps = [load_experiment("table2_methods", p) for p in (here, there)]
+    assert definition_hash(exps[0]) == definition_hash(exps[1])
+    tiny = load_profile("tiny")
+    assert standins.unresolve(tiny) is tiny  # no stand-ins: keyed as before

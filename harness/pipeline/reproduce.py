@@ -160,7 +160,9 @@ def corpus_record(spec: str) -> dict[str, Any]:
 
 
 def definition_hash(exp: Experiment) -> str:
-    prof = dataclasses.asdict(exp.profile)
+    """What an experiment's results are keyed on besides the code: its name, runner, parameters and
+    profile (stand-ins as ``standin:<name>``, not the local folder they were made in)."""
+    prof = dataclasses.asdict(standins.unresolve(exp.profile))
     return stages.config_key([exp.name, exp.runner, exp.params, prof])
 
 

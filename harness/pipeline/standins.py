@@ -194,6 +194,33 @@ def resolve(profile: Profile, root: str | os.PathLike) -> Profile:
     )
 
 
+def unresolve(profile: Profile) -> Profile:
+    """The inverse of :func:`resolve`: every stand-in's local path (a folder in a ``standins/`` folder)
+    written back as ``standin:<name>``, so that what a definition is keyed on does not depend on where
+    the run folder was (a committed reference made elsewhere stays comparable). A profile without
+    stand-in paths is returned as it is."""
+
+    def name(value: str | None) -> str | None:
+        path = value[3:] if isinstance(value, str) and value.startswith("hf:") else value
+        if (
+            isinstance(path, str)
+            and Path(path).parent.name == FOLDER
+            and Path(path).name in (*PYTHIA_HUB_CONFIGS, TOKENIZER, DATASET)
+        ):
+            return f"{PREFIX}{Path(path).name}"
+        return None
+
+    teachers = {
+        n: dataclasses.replace(t, checkpoint=name(t.checkpoint) or t.checkpoint) for n, t in profile.teachers.items()
+    }
+    data, tok = name(profile.data), name(profile.tokenizer)
+    if data is None and tok is None and teachers == profile.teachers:
+        return profile
+    return dataclasses.replace(
+        profile, teachers=teachers, data=data or profile.data, tokenizer=tok or profile.tokenizer
+    )
+
+
 # -- making them ----------------------------------------------------------------------------------
 def prepare(profile: Profile, root: str | os.PathLike, log: Callable[[str], None] = print) -> list[Path]:
     """Make every stand-in ``profile`` names that is missing under ``folder(root)`` (a stage: a made
