@@ -122,3 +122,15 @@ def test_missing_rows_fail_and_the_cli_says_so(tmp_path, capsys):
     assert main(["compare", str(a), str(tmp_path / "b"), "--out", str(tmp_path / "cmp.md")]) == 1
     assert "do NOT agree" in capsys.readouterr().out and (tmp_path / "cmp.md").exists()
     assert main(["compare", str(a), str(tmp_path / "nowhere")]) == 2
+
+
+def test_float_rounding_is_no_difference_but_a_real_change_still_is(tmp_path):
+    """1e-7 bits per byte (the same sum in another order) is identical; 1e-4 without a noise estimate
+    is not passed, and the exact columns stay exact."""
+    a = write_run(tmp_path / "a")
+    frame, ok = compare(a, write_run(tmp_path / "b", bpb_shift=1e-7))
+    assert ok and set(frame["verdict"]) == {"identical"}
+    frame, ok = compare(a, write_run(tmp_path / "c", bpb_shift=1e-4))
+    assert not ok and verdicts(frame)[("kernel_ablation", "loglog_slope")] == "no noise estimate"
+    frame, ok = compare(a, write_run(tmp_path / "d", params=1000.0001))
+    assert not ok and verdicts(frame)[("table1_scale", "params")] == "DIFFERS"

@@ -49,6 +49,9 @@ DERIVED_COLUMNS: frozenset[str] = frozenset({"recovery", "on_front", "beats_scra
 #: the seed noise of Table 2's held-out bits per byte judges every other bits-per-byte column
 BPB_NOISE = "heldout_ppl bpb"
 NOISE_TABLE = "table2_methods"
+#: differences at or below this fraction of a value (at least of 1) are float rounding, not a
+#: difference: the same computation summed in another order (float32 epsilon is 1.2e-7)
+FLOAT_RTOL = 1e-6
 #: verdicts (the first two are what "judged" means)
 WITHIN, DIFFERS, IDENTICAL, UNJUDGED = "within seed noise", "DIFFERS", "identical", "no noise estimate"
 
@@ -154,6 +157,10 @@ def compare_tables(
     out = []
     for c in metrics:
         diff = (merged[f"{c} A"] - merged[f"{c} B"]).abs() if len(merged) else pd.Series(dtype=float)
+        if len(merged) and not _is_exact(
+            c
+        ):  # float rounding (FLOAT_RTOL) is no difference: "identical" means equal up to it
+            diff = diff.mask(diff <= FLOAT_RTOL * merged[f"{c} A"].abs().clip(lower=1.0), 0.0)
         both_nan = merged[f"{c} A"].isna() & merged[f"{c} B"].isna() if len(merged) else diff
         one_nan = bool((diff.isna() & ~both_nan).any()) if len(merged) else False
         worst = float(diff.max()) if diff.notna().any() else (math.nan if one_nan or not len(merged) else 0.0)
