@@ -143,6 +143,39 @@ def test_without_a_sweep_budget_every_budget_sweeps_its_own():
     assert sorted({p["fraction"] for p in rates.points}) == [0.0625, 0.25]
 
 
+def test_a_reused_rate_that_diverges_falls_back_to_the_next_lower_rate():
+    """The rate chosen at the sweep budget can diverge on another seed or budget: that seed retrains at
+    the next lower rate swept instead of stopping the grid."""
+    from harness.pipeline.runners.controls import RateSweep, at_rate_or_lower
+    from harness.training.config import TrainingDiverged
+
+    calls: list = []
+    good = _fake_train(calls, {1e-4: 3.0, 1e-3: 2.5, 1e-2: 2.0})
+
+    def train(lr, seed, fraction):
+        if lr == 1e-2 and (seed, fraction) != (0, 0.015625):
+            calls.append((lr, seed, fraction))
+            raise TrainingDiverged("nan")
+        return good(lr, seed, fraction)
+
+    rates = RateSweep([1e-4, 1e-3, 1e-2], [0, 1], at=0.015625)
+    rates.runs(("dijiang", "paper"), 0.015625, train)
+    assert calls[3:] == [(1e-2, 1, 0.015625), (1e-3, 1, 0.015625)]  # seed 1 of the sweep budget
+    calls.clear()
+    rates.runs(("dijiang", "paper"), 0.0625, train)
+    assert calls == [(1e-2, 0, 0.0625), (1e-3, 0, 0.0625), (1e-2, 1, 0.0625), (1e-3, 1, 0.0625)]
+    assert rates.chosen == {("dijiang", "paper"): 1e-2}  # the choice stays what the sweep measured
+
+    def always(lr, seed):
+        calls.append(lr)
+        raise TrainingDiverged("nan")
+
+    calls.clear()
+    with pytest.raises(TrainingDiverged, match="every lower rate"):
+        at_rate_or_lower(always, 1e-3, [1e-4, 1e-3, 1e-2], 0)
+    assert calls == [1e-3, 1e-4]  # never a higher rate than the one chosen
+
+
 @pytest.mark.parametrize("profile", ["tiny", "grid"])
 def test_the_plan_counts_the_runs_the_sweep_makes(profile):
     """--dry-run's plan of recipes_controls holds exactly the runs RateSweep trains."""

@@ -75,8 +75,20 @@ def sweep(train: Callable[[float | None, int], Any], lrs: list[float], seeds: li
     if not tried:
         raise TrainingDiverged(f"every learning rate of {lrs} diverged; sweep lower rates.")
     best = min(tried, key=lambda lr: val[lr])
-    runs = {seeds[0]: tried[best], **{s: train(best, s) for s in seeds[1:]}}
+    runs = {seeds[0]: tried[best], **{s: at_rate_or_lower(train, best, lrs, s) for s in seeds[1:]}}
     return runs, [(lr, val[lr], lr == best) for lr in lrs]
+
+
+def at_rate_or_lower(train: Callable[[float, int], Any], lr: float, lrs: list[float], seed: int) -> Any:
+    """``train(lr, seed)``; if that diverges (a rate chosen on another seed or budget can be on the edge
+    of stability), the next lower rate of ``lrs`` that does not. The run's config records the rate it
+    used, so the table's per-seed ``lr`` shows the fallback."""
+    for rate in [lr, *sorted((r for r in lrs if r < lr), reverse=True)]:
+        try:
+            return train(rate, seed)
+        except TrainingDiverged:
+            continue
+    raise TrainingDiverged(f"seed {seed} diverged at {lr:g} and every lower rate of {lrs}; sweep lower rates.")
 
 
 #: one cell of the grid, whose rate is chosen once: (method, recipe), e.g. ("dijiang", "transfer")
@@ -106,7 +118,10 @@ class RateSweep:
         if cell not in self.chosen:  # the sweep budget is not a budget of the table: sweep there first
             _, points = sweep(lambda lr, s: train(lr, s, self.at), self.lrs, self.seeds[:1])
             self._record(cell, self.at, points)
-        return {s: train(self.chosen[cell], s, fraction) for s in self.seeds}
+        return {
+            s: at_rate_or_lower(lambda lr, s: train(lr, s, fraction), self.chosen[cell], self.lrs, s)
+            for s in self.seeds
+        }
 
     def runs_at(self, fraction: float) -> int:
         """Training runs one cell costs at budget ``fraction`` (for the plan)."""
