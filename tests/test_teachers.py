@@ -85,7 +85,7 @@ def shipped_teacher(tmp_path: Path, **change) -> tuple[Teacher, Path]:
     profile = load_profile("tiny")
     t = profile.teacher("tiny-m")
     run = fake_run(4000, 2.3, tmp_path / "run")
-    curve = [teachers.CurvePoint(4000, 2.3, None, 1.0, "x")]
+    curve = [teachers.CurvePoint(4000, 2.3, None, 1.0, "x"), teachers.CurvePoint(8000, 2.277, 0.01, 2.0, "y")]
     t = Teacher(name=t.name, tokens=4000, shape=dict(t.shape))
     dest = teachers.ship(profile, t, run, curve, True, root=tmp_path / "teachers")
     t = Teacher(name=t.name, tokens=change.get("tokens", 4000), shape=dict(t.shape), shipped=str(dest))
@@ -160,7 +160,9 @@ def test_report_shows_the_sweep_and_dijiangs_rank_with_its_test(tmp_path):
 def test_report_states_each_shipped_teachers_curve(tmp_path):
     t, dest = shipped_teacher(tmp_path)
     text = "\n".join(teachers_section({"tiny-m": str(dest)}))
-    assert "**tiny-m**" in text and "converged" in text and "4,000 tokens" in text and "2.300" in text
+    assert "**tiny-m**" in text and "4,000 tokens" in text and "2.300" in text
+    assert "converged (doubling it to 8,000 tokens gained 1.0%, under the threshold)" in text
+    assert "not converged" not in text and "below the curve's largest budget" not in text
 
 
 def test_tables_name_the_teachers_that_were_not_shipped(tmp_path):

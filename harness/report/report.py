@@ -911,13 +911,19 @@ def teachers_section(shipped: dict[str, str]) -> list[str]:
             continue
         meta = json.loads(meta_file.read_text())
         curve = pd.DataFrame(meta["curve"])[["tokens", "val_bpb", "gain", "wall_time_s"]]
-        state = "converged" if meta.get("converged") else "**not converged** (the last doubling still paid)"
         largest = int(curve["tokens"].max())
-        if int(meta["tokens"]) < largest:
-            state += (
-                f"; shipped below the curve's largest budget ({largest:,} tokens) for the profile's CPU time: "
-                "every conversion is a fraction of the shipped tokens"
-            )
+        last_gain = curve["gain"].iloc[-1]
+        if meta.get("converged") and pd.notna(last_gain):
+            state = f"converged (doubling it to {largest:,} tokens gained {last_gain:.1%}, under the threshold)"
+        elif meta.get("converged"):
+            state = "converged"
+        else:
+            state = "**not converged** (the last doubling still paid)"
+            if int(meta["tokens"]) < largest:
+                state += (
+                    f"; shipped below the curve's largest budget ({largest:,} tokens) for the profile's CPU time: "
+                    "every conversion is a fraction of the shipped tokens"
+                )
         lines += [
             f"**{name}** (`{folder}`, {meta.get('n_params') or 0:,} parameters): {state}; shipped at "
             f"{int(meta['tokens']):,} tokens, {meta['val_bpb']:.3f} validation bits per byte; threshold "
