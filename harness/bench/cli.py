@@ -410,7 +410,6 @@ def _main(args: argparse.Namespace) -> int:
     if not rows:
         err(f"no rows with these settings in {json_path}")
         return 1
-    notes += other_batches_note(store.all_rows(), settings, batch_sizes, device, args)
     notes.insert(0, f"peak memory: {rows[0]['mem_method']}.")
     p = rows[0]
     if "min_time_s" in p:
@@ -432,29 +431,6 @@ def _main(args: argparse.Namespace) -> int:
         flush=True,
     )
     return 0
-
-
-def other_batches_note(
-    stored: list[dict[str, Any]], settings: Any, batch_sizes: list[int], device: str, args: argparse.Namespace
-) -> list[str]:
-    """A note naming the batch sizes the results file holds at these settings but this summary leaves
-    out (an earlier invocation's ``--batch-sizes``), and the command that summarises them all."""
-    keys = {(r["shape"], r["settings_key"]) for r in stored}
-    others = sorted(
-        b
-        for b in {int(r["batch"]) for r in stored if "batch" in r} - set(batch_sizes)
-        if any(
-            (name, dataclasses.replace(settings, batch=b).settings_key(shape, device)) in keys
-            for name, shape in SHAPES.items()
-        )
-    )
-    if not others:
-        return []
-    every = ",".join(str(b) for b in sorted({*batch_sizes, *others}))
-    return [
-        f"the results file also holds batch size(s) {', '.join(map(str, others))} at these settings, not summarised "
-        f"here; `--batch-sizes {every} --report-only` with the same options summarises them all."
-    ]
 
 
 def _with_prompt_cache(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
