@@ -159,8 +159,9 @@ def test_report_shows_the_sweep_and_dijiangs_rank_with_its_test(tmp_path):
 
 def test_report_states_each_shipped_teachers_curve(tmp_path):
     t, dest = shipped_teacher(tmp_path)
-    text = "\n".join(teachers_section({"tiny-m": str(dest)}))
+    text = "\n".join(teachers_section({"tiny-m": str(dest)}, tmp_path / "report"))
     assert "**tiny-m**" in text and "4,000 tokens" in text and "2.300" in text
+    assert "](teachers/tiny-m.png)" in text and (tmp_path / "report" / "teachers" / "tiny-m.png").stat().st_size
     assert "converged (doubling it to 8,000 tokens gained 1.0%, under the threshold)" in text
     assert "not converged" not in text and "below the curve's largest budget" not in text
 

@@ -888,9 +888,11 @@ def unshipped_teachers_line(out: Path, shipped: dict[str, str]) -> list[str]:
     ]
 
 
-def teachers_section(shipped: dict[str, str]) -> list[str]:
+def teachers_section(shipped: dict[str, str], out: Path | None = None) -> list[str]:
     """The profile's shipped teachers (name -> folder, :mod:`harness.pipeline.teachers`): each one's
-    convergence curve, validation bits per byte against pretraining tokens, from its ``teacher.json``."""
+    convergence curve, validation bits per byte against pretraining tokens, from its ``teacher.json``,
+    as a table and (given ``out``, the report's folder) as ``out/teachers/<name>.png``."""
+    from harness.report.teacher_figure import plot_teacher_curve
     from harness.util.provenance import REPO_ROOT
 
     if not shipped:
@@ -930,9 +932,18 @@ def teachers_section(shipped: dict[str, str]) -> list[str]:
             f"{meta['threshold']:.0%}; the curve's runs took {meta['curve_wall_time_s']:.0f} s of wall time on "
             f"the machine that made them (`{meta['retrain']}`).",
             "",
-            _md(curve),
+            _md(
+                curve.assign(
+                    tokens=curve["tokens"].map("{:,}".format),
+                    gain=curve["gain"].map(lambda g: "" if pd.isna(g) else f"{g:.1%}"),
+                    wall_time_s=curve["wall_time_s"].round(0).astype(int),
+                )
+            ),
             "",
         ]
+        if out is not None:
+            plot_teacher_curve(curve, name, int(meta["tokens"]), meta["threshold"], out / "teachers" / name)
+            lines += [f"![{name}'s convergence curve](teachers/{name}.png)", ""]
     return lines
 
 
@@ -972,7 +983,7 @@ def write_report(
             "where an invocation reused earlier runs).",
             "",
         ]
-    lines += teachers_section(shipped or {})
+    lines += teachers_section(shipped or {}, root)
     missing = [n for n in experiments or [] if n not in metas]
     if missing:
         lines += [
