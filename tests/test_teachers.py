@@ -21,7 +21,7 @@ import pytest
 from harness.pipeline import shipped, stages, teachers
 from harness.pipeline.runners.controls import sweep
 from harness.pipeline.spec import Teacher, load_profile
-from harness.report.report import lr_sweep_lines, ranking_lines, teachers_section
+from harness.report.report import lr_sweep_lines, ranking_lines, recipe_lines, teachers_section
 from harness.util.errors import UserError
 
 LN2 = math.log(2)
@@ -155,6 +155,22 @@ def test_report_shows_the_sweep_and_dijiangs_rank_with_its_test(tmp_path):
     line = "\n".join(ranking_lines(pd.DataFrame(), pd.DataFrame(rows)))
     assert "ranks **2 of 3**" in line
     assert "retnet +0.500 bpb (p < 0.001, significant)" in line and "performer -0.100" in line
+
+
+def test_the_report_tests_which_recipe_recovers_the_most():
+    """Each recipe's recovery with its standard error, and the best recipe against each other one
+    by Welch's test over seeds: a clear gap is significant, a gap inside the seed noise is not."""
+    rows = [
+        dict(method="dijiang", recipe=r, fraction=0.0625, seed=s, converted_bpb=bpb + noise, recovery=rec - noise)
+        for r, bpb, rec in (("paper", 2.0, 0.5), ("transfer", 1.9, 0.6), ("distill", 2.01, 0.49))
+        for s, noise in enumerate((0.0, 0.01, 0.02))
+    ]
+    (line,) = recipe_lines(pd.DataFrame(rows))
+    assert "transfer 0.590 ± 0.006, paper 0.490 ± 0.006, distill 0.480 ± 0.006" in line
+    assert "best transfer" in line
+    assert "paper +0.100 bpb (p < 0.001, significant)" in line
+    one_seed = [r for r in rows if r["seed"] == 0]
+    assert "(one seed: no test)" in recipe_lines(pd.DataFrame(one_seed))[0]
 
 
 def test_report_states_each_shipped_teachers_curve(tmp_path):

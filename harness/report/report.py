@@ -632,7 +632,8 @@ def controls_section(out: Path) -> list[str]:
     skipped = table[table["converted_bpb"].isna()]
     for r in skipped.itertuples():
         lines.append(f"- {r.method} / {r.recipe}: not applicable (no parameters of its own to transfer).")
-    lines += ranking_lines(table, _read(out / "results.csv"))
+    results = _read(out / "results.csv")
+    lines += ranking_lines(table, results) + recipe_lines(results)
     lines += [""] + lr_sweep_lines(out)
     if "seeds" in table.columns and (table["seeds"] < 2).any():
         lines.append("- Rows with one seed carry no uncertainty on the recovery score (± is the spread over seeds).")
@@ -698,22 +699,55 @@ def ranking_lines(table: pd.DataFrame, results: pd.DataFrame | None, best: str =
             continue
         rank = list(means.index).index(best) + 1
         mine = g[g["method"] == best]["converted_bpb"].to_numpy()
-        parts = []
-        for other in means.index:
-            if other == best:
-                continue
-            theirs = g[g["method"] == other]["converted_bpb"].to_numpy()
-            if len(mine) < 2 or len(theirs) < 2:
-                parts.append(f"{other} {means[other] - means[best]:+.3f} (one seed: no test)")
-                continue
-            from scipy.stats import ttest_ind
-
-            p = float(ttest_ind(theirs, mine, equal_var=False).pvalue)
-            sig = "significant" if p <= ALPHA else "not significant"
-            parts.append(f"{other} {means[other] - means[best]:+.3f} bpb ({format_p(p)}, {sig})")
+        parts = [
+            f"{other} {welch_difference(g[g['method'] == other]['converted_bpb'].to_numpy(), mine)}"
+            for other in means.index
+            if other != best
+        ]
         lines.append(
             f"- {best} ranks **{rank} of {len(means)}** at {fraction:g} with the {recipe} recipe "
             f"(lower bpb is better; each method minus {best}: {'; '.join(parts)})."
+        )
+    return lines
+
+
+def welch_difference(theirs: np.ndarray, mine: np.ndarray) -> str:
+    """``mean(theirs) - mean(mine)`` in bits per byte with Welch's two-sided t-test over seeds
+    (significant at ``ALPHA``), or a note that one seed allows no test."""
+    diff = float(np.mean(theirs) - np.mean(mine))
+    if len(mine) < 2 or len(theirs) < 2:
+        return f"{diff:+.3f} (one seed: no test)"
+    from scipy.stats import ttest_ind
+
+    p = float(ttest_ind(theirs, mine, equal_var=False).pvalue)
+    return f"{diff:+.3f} bpb ({format_p(p)}, {'significant' if p <= ALPHA else 'not significant'})"
+
+
+def recipe_lines(results: pd.DataFrame | None) -> list[str]:
+    """Which recipe recovers the most, per method and budget, and whether it is significantly better:
+    each recipe's recovery (mean ± standard error over seeds), then the best recipe against each
+    other one on held-out bits per byte (Welch's t-test over seeds)."""
+    if results is None or "seed" not in results.columns:
+        return []
+    lines = []
+    ok = results[results["converted_bpb"].notna()]
+    for (method, fraction), g in ok.groupby(["method", "fraction"], sort=False):
+        means = g.groupby("recipe")["converted_bpb"].mean().sort_values()
+        if len(means) < 2:
+            continue
+        rec = g.groupby("recipe")["recovery"]
+        scores = ", ".join(
+            f"{r} {rec.mean()[r]:.3f} ± {rec.std().fillna(0)[r] / np.sqrt(rec.count()[r]):.3f}" for r in means.index
+        )
+        best = means.index[0]
+        mine = g[g["recipe"] == best]["converted_bpb"].to_numpy()
+        parts = [
+            f"{other} {welch_difference(g[g['recipe'] == other]['converted_bpb'].to_numpy(), mine)}"
+            for other in means.index[1:]
+        ]
+        lines.append(
+            f"- Recipes for **{method} at {fraction:g}**: recovery (± standard error over seeds) {scores}; "
+            f"best {best}; each other recipe minus {best}: {'; '.join(parts)}."
         )
     return lines
 
