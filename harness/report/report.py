@@ -976,7 +976,7 @@ def teachers_section(shipped: dict[str, str], out: Path | None = None) -> list[s
             "",
         ]
         if out is not None:
-            plot_teacher_curve(curve, name, int(meta["tokens"]), meta["threshold"], out / "teachers" / name)
+            plot_teacher_curve(curve, name, int(meta["tokens"]), meta["threshold"], out / "teachers" / f"{name}.png")
             lines += [f"![{name}'s convergence curve](teachers/{name}.png)", ""]
     return lines
 

@@ -11,13 +11,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.report.figures import plt, save
+from harness.report.figures import plt
+from harness.util.io import atomic_open
 
 
-def plot_teacher_curve(curve: pd.DataFrame, name: str, shipped_tokens: int, threshold: float, stem: Path) -> list[Path]:
+def plot_teacher_curve(curve: pd.DataFrame, name: str, shipped_tokens: int, threshold: float, path: Path) -> Path:
     """``curve`` (columns ``tokens``, ``val_bpb``, ``gain``) on a log2 token axis, the shipped budget
     circled, each point after the first labelled with its doubling's gain (in red where it is under
-    ``threshold``); writes ``<stem>.png`` and ``<stem>.pdf``."""
+    ``threshold``); writes the PNG ``path``. PNG only: the report redraws it at every render, and a
+    PDF would differ each time by its creation date."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.plot(curve["tokens"], curve["val_bpb"], "o-", color="C0", label=f"{name}: one finished run per budget")
     for tokens, bpb, gain in zip(curve["tokens"], curve["val_bpb"], curve["gain"]):
@@ -49,4 +51,7 @@ def plot_teacher_curve(curve: pd.DataFrame, name: str, shipped_tokens: int, thre
     ax.set_title(f"Teacher convergence (a doubling under {threshold:.0%} stops it)", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return save(fig, stem)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
