@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -689,12 +689,8 @@ def ranking_lines(table: pd.DataFrame, results: pd.DataFrame | None, best: str =
     """Where ``best`` (DiJiang) ranks among the converted methods, per budget and recipe, by held-out
     bits per byte, with Welch's t-test over seeds against each method that beats it or that it beats
     next (two-sided; significant at ``ALPHA``)."""
-    if results is None or "seed" not in results.columns:
-        return []
     lines = []
-    ok = results[results["converted_bpb"].notna()]
-    for (fraction, recipe), g in ok.groupby(["fraction", "recipe"], sort=False):
-        means = g.groupby("method")["converted_bpb"].mean().sort_values()
+    for (fraction, recipe), g, means in _mean_bpb_by(results, ["fraction", "recipe"], "method"):
         if best not in means.index or len(means) < 2:
             continue
         rank = list(means.index).index(best) + 1
@@ -709,6 +705,18 @@ def ranking_lines(table: pd.DataFrame, results: pd.DataFrame | None, best: str =
             f"(lower bpb is better; each method minus {best}: {'; '.join(parts)})."
         )
     return lines
+
+
+def _mean_bpb_by(
+    results: pd.DataFrame | None, keys: list[str], over: str
+) -> Iterator[tuple[tuple, pd.DataFrame, pd.Series]]:
+    """Per group of ``keys`` in the per-seed ``results`` (converted models only): its key, its rows
+    and the mean converted bits per byte of each ``over`` value, best first; nothing without seeds."""
+    if results is None or "seed" not in results.columns:
+        return
+    ok = results[results["converted_bpb"].notna()]
+    for key, g in ok.groupby(keys, sort=False):
+        yield key, g, g.groupby(over)["converted_bpb"].mean().sort_values()
 
 
 def welch_difference(theirs: np.ndarray, mine: np.ndarray) -> str:
@@ -727,17 +735,15 @@ def recipe_lines(results: pd.DataFrame | None) -> list[str]:
     """Which recipe recovers the most, per method and budget, and whether it is significantly better:
     each recipe's recovery (mean ± standard error over seeds), then the best recipe against each
     other one on held-out bits per byte (Welch's t-test over seeds)."""
-    if results is None or "seed" not in results.columns:
-        return []
     lines = []
-    ok = results[results["converted_bpb"].notna()]
-    for (method, fraction), g in ok.groupby(["method", "fraction"], sort=False):
-        means = g.groupby("recipe")["converted_bpb"].mean().sort_values()
+    for (method, fraction), g, means in _mean_bpb_by(results, ["method", "fraction"], "recipe"):
         if len(means) < 2:
             continue
-        rec = g.groupby("recipe")["recovery"]
+        rec = g.groupby("recipe")["recovery"].agg(["mean", "std", "count"])
         scores = ", ".join(
-            f"{r} {rec.mean()[r]:.3f} ± {rec.std().fillna(0)[r] / np.sqrt(rec.count()[r]):.3f}" for r in means.index
+            f"{r} {rec.at[r, 'mean']:.3f} "
+            + (f"± {rec.at[r, 'std'] / np.sqrt(rec.at[r, 'count']):.3f}" if rec.at[r, "count"] > 1 else "(one seed)")
+            for r in means.index
         )
         best = means.index[0]
         mine = g[g["recipe"] == best]["converted_bpb"].to_numpy()
