@@ -157,9 +157,8 @@ def compare_tables(
     out = []
     for c in metrics:
         diff = (merged[f"{c} A"] - merged[f"{c} B"]).abs() if len(merged) else pd.Series(dtype=float)
-        if len(merged) and not _is_exact(
-            c
-        ):  # float rounding (FLOAT_RTOL) is no difference: "identical" means equal up to it
+        # float rounding (FLOAT_RTOL) is no difference: "identical" means equal up to it
+        if len(merged) and not _is_exact(c):
             diff = diff.mask(diff <= FLOAT_RTOL * merged[f"{c} A"].abs().clip(lower=1.0), 0.0)
         both_nan = merged[f"{c} A"].isna() & merged[f"{c} B"].isna() if len(merged) else diff
         one_nan = bool((diff.isna() & ~both_nan).any()) if len(merged) else False

@@ -619,7 +619,7 @@ def controls_section(out: Path) -> list[str]:
         beats = ", ".join(
             f"{r['recipe']} {'beats' if r['converted_bpb'] < r['scratch_bpb'] else 'does not beat'} scratch "
             f"({r['converted_bpb']:.3f} vs {r['scratch_bpb']:.3f} bpb; "
-            f"recovery {_cell(r['recovery'], r.get('recovery sd'), 2)})"
+            f"recovery {_cell(r['recovery'], r.get('recovery sd'), 2)}, ± the SD over seeds)"
             for _, r in g.iterrows()
         )
         gap = best.converted_bpb / best.teacher_bpb - 1
