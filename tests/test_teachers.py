@@ -179,8 +179,21 @@ def test_report_states_each_shipped_teachers_curve(tmp_path):
     text = "\n".join(teachers_section({"tiny-m": str(dest)}, tmp_path / "report"))
     assert "**tiny-m**" in text and "4,000 tokens" in text and "2.300" in text
     assert "](teachers/tiny-m.png)" in text and (tmp_path / "report" / "teachers" / "tiny-m.png").stat().st_size
-    assert "converged (doubling it to 8,000 tokens gained 1.0%, under the threshold)" in text
+    assert "converged (doubling 4,000 to 8,000 tokens gained 1.0%, under the threshold)" in text
     assert "not converged" not in text and "below the curve's largest budget" not in text
+
+
+def test_convergence_state_places_the_shipped_budget_on_the_curve():
+    from harness.report.report import convergence_state
+
+    curve = pd.DataFrame({"tokens": [1000, 2000, 4000, 8000], "gain": [None, 0.10, 0.05, 0.01]})
+    assert convergence_state(curve, 4000, 0.02).startswith("converged (doubling 4,000 to 8,000 tokens gained 1.0%")
+    below = convergence_state(curve, 2000, 0.02)
+    assert below.startswith("**not converged at its shipped budget**: its curve converges at 4,000 tokens")
+    still = convergence_state(curve.iloc[:3], 2000, 0.02)
+    assert still.startswith("**not converged** (the last doubling still paid)")
+    assert "below the curve's largest budget (4,000 tokens)" in still
+    assert "below" not in convergence_state(curve.iloc[:3], 4000, 0.02)
 
 
 def test_tables_name_the_teachers_that_were_not_shipped(tmp_path):

@@ -928,6 +928,31 @@ def unshipped_teachers_line(out: Path, shipped: dict[str, str]) -> list[str]:
     ]
 
 
+def convergence_state(curve: pd.DataFrame, shipped_tokens: int, threshold: float) -> str:
+    """Where a teacher's curve (``tokens``, ``gain`` per doubling) stands against the threshold, and
+    where its shipped budget sits on it: the curve converges at the budget before the first doubling
+    that gains less than ``threshold`` (:func:`harness.pipeline.teachers.converge`)."""
+    gains = curve["gain"].tolist()
+    tokens = [int(t) for t in curve["tokens"]]
+    first = next((i for i, g in enumerate(gains) if pd.notna(g) and g < threshold), None)
+    if first is None:
+        state = "**not converged** (the last doubling still paid)"
+        if shipped_tokens < max(tokens):
+            state += (
+                f"; shipped below the curve's largest budget ({max(tokens):,} tokens) for the profile's CPU time: "
+                "every conversion is a fraction of the shipped tokens"
+            )
+        return state
+    at, gain = tokens[first - 1], gains[first]
+    converged = f"doubling {at:,} to {tokens[first]:,} tokens gained {gain:.1%}, under the threshold"
+    if shipped_tokens >= at:
+        return f"converged ({converged})"
+    return (
+        f"**not converged at its shipped budget**: its curve converges at {at:,} tokens ({converged}), and it "
+        "is shipped below that for the profile's CPU time: every conversion is a fraction of the shipped tokens"
+    )
+
+
 def teachers_section(shipped: dict[str, str], out: Path | None = None) -> list[str]:
     """The profile's shipped teachers (name -> folder, :mod:`harness.pipeline.teachers`): each one's
     convergence curve, validation bits per byte against pretraining tokens, from its ``teacher.json``,
@@ -953,19 +978,7 @@ def teachers_section(shipped: dict[str, str], out: Path | None = None) -> list[s
             continue
         meta = json.loads(meta_file.read_text())
         curve = pd.DataFrame(meta["curve"])[["tokens", "val_bpb", "gain", "wall_time_s"]]
-        largest = int(curve["tokens"].max())
-        last_gain = curve["gain"].iloc[-1]
-        if meta.get("converged") and pd.notna(last_gain):
-            state = f"converged (doubling it to {largest:,} tokens gained {last_gain:.1%}, under the threshold)"
-        elif meta.get("converged"):
-            state = "converged"
-        else:
-            state = "**not converged** (the last doubling still paid)"
-            if int(meta["tokens"]) < largest:
-                state += (
-                    f"; shipped below the curve's largest budget ({largest:,} tokens) for the profile's CPU time: "
-                    "every conversion is a fraction of the shipped tokens"
-                )
+        state = convergence_state(curve, int(meta["tokens"]), float(meta["threshold"]))
         lines += [
             f"**{name}** (`{folder}`, {meta.get('n_params') or 0:,} parameters): {state}; shipped at "
             f"{int(meta['tokens']):,} tokens, {meta['val_bpb']:.3f} validation bits per byte; threshold "
