@@ -243,3 +243,44 @@ def test_the_report_flags_a_rate_chosen_at_the_edge_of_its_sweep():
     assert "2 of 3 cells" in text and "dijiang/paper at 0.0625 (highest, 0.003)" in text
     assert "performer/paper at 0.0625 (lowest, 0.0003)" in text and "retnet" not in text
     assert sweep_edge_lines(pd.DataFrame(cell("retnet", {3e-4: 3.2, 1e-3: 3.0, 3e-3: 3.1}))) == []
+
+
+def test_an_extension_budget_is_read_beside_its_base_experiments_budgets(tmp_path):
+    from harness.report.report import budget_trend_lines
+
+    def table(folder: str, rows: list[tuple]) -> Path:
+        out = tmp_path / folder
+        out.mkdir()
+        cols = ["method", "recipe", "fraction", "converted_bpb", "teacher_bpb", "recovery", "recovery sd"]
+        pd.DataFrame(rows, columns=cols).to_csv(out / "table.csv", index=False)
+        return out
+
+    base = table(
+        "recipes_controls",
+        [
+            ("dijiang", "paper", 0.0625, 1.8, 1.2, 0.54, 0.02),
+            ("dijiang", "paper", 0.015625, 2.0, 1.2, 0.40, 0.01),
+            ("dijiang", "transfer", 0.0625, 1.7, 1.2, 0.58, 0.01),
+            ("performer", "paper", 0.0625, 2.5, 1.2, 0.20, 0.01),
+        ],
+    )
+    ext = table("recipes_controls_extended", [("dijiang", "paper", 0.25, 1.5, 1.2, 0.75, float("nan"))])
+    (line,) = [x for x in budget_trend_lines(ext, base) if x]
+    assert line.startswith("- **dijiang / paper across budgets**")
+    assert "0.40 ± 0.01 (2.000 bpb) at 0.015625, 0.54 ± 0.02 (1.800 bpb) at 0.0625, 0.75 (1.500 bpb) at 0.25" in line
+    assert "transfer" not in line and "performer" not in line  # only what the extension ran
+    assert budget_trend_lines(ext, tmp_path / "missing") == []
+
+
+def test_controls_section_says_when_recovery_is_undefined(tmp_path):
+    """At the teacher's own budget, scratch on the same tokens can match the teacher: the recovery's
+    denominator is then <= 0 and the runner writes NaN; the report names the lowest bpb instead."""
+    from harness.report.report import controls_section
+
+    cols = ["method", "recipe", "fraction", "converted_bpb", "scratch_bpb", "teacher_bpb", "recovery", "seeds"]
+    rows = [("dijiang", "paper", 1.0, 4.47, 4.77, 4.78, float("nan"), 1)]
+    pd.DataFrame(rows, columns=cols).to_csv(tmp_path / "table.csv", index=False)
+    text = "\n".join(controls_section(tmp_path))
+    assert "paper beats scratch (4.470 vs 4.770 bpb; recovery undefined)" in text
+    assert "Recovery undefined (scratch is no worse than the teacher here); lowest bpb: paper." in text
+    assert "Most recovered" not in text

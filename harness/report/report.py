@@ -67,6 +67,7 @@ SECTIONS: tuple[str, ...] = (
     "kernel_ablation",
     "recovery_curve",
     "recipes_controls",
+    "recipes_controls_extended",
     "hybrid_pareto",
     "mqar",
 )
@@ -615,18 +616,30 @@ def controls_section(out: Path) -> list[str]:
     lines = [_md(table), ""]
     ok = table[table["converted_bpb"].notna()]
     for (method, fraction), g in ok.groupby(["method", "fraction"], sort=False):
-        best = g.loc[g["recovery"].idxmax()]
+        # recovery is undefined where scratch on these tokens is as good as the teacher (at 1/1 it is the
+        # teacher's own budget): the best recipe is then the one with the lowest bits per byte
+        defined = g["recovery"].notna().any()
+        best = g.loc[g["recovery"].idxmax()] if defined else g.loc[g["converted_bpb"].idxmin()]
         beats = ", ".join(
             f"{r['recipe']} {'beats' if r['converted_bpb'] < r['scratch_bpb'] else 'does not beat'} scratch "
             f"({r['converted_bpb']:.3f} vs {r['scratch_bpb']:.3f} bpb; "
-            f"recovery {_cell(r['recovery'], r.get('recovery sd'), 2)}, ± the SD over seeds)"
+            + (
+                f"recovery {_cell(r['recovery'], r.get('recovery sd'), 2)}, ± the SD over seeds)"
+                if pd.notna(r["recovery"])
+                else "recovery undefined)"
+            )
             for _, r in g.iterrows()
         )
         gap = best.converted_bpb / best.teacher_bpb - 1
         verdict = "reproduced" if gap <= NEAR_EQUAL else "not reproduced"
         lines.append(
-            f"- **{method} at {fraction:g} of the teacher's tokens**: {beats}. Most recovered: {best.recipe}. "
-            f"Best converted model {best.converted_bpb:.3f} bpb against the teacher's {best.teacher_bpb:.3f} "
+            f"- **{method} at {fraction:g} of the teacher's tokens**: {beats}. "
+            + (
+                f"Most recovered: {best.recipe}. "
+                if defined
+                else f"Recovery undefined (scratch is no worse than the teacher here); lowest bpb: {best.recipe}. "
+            )
+            + f"Best converted model {best.converted_bpb:.3f} bpb against the teacher's {best.teacher_bpb:.3f} "
             f'({gap:+.1%}); "near-equal" (within {NEAR_EQUAL:.0%}) is **{verdict}**.'
         )
     skipped = table[table["converted_bpb"].isna()]
@@ -638,6 +651,29 @@ def controls_section(out: Path) -> list[str]:
     if "seeds" in table.columns and (table["seeds"] < 2).any():
         lines.append("- Rows with one seed carry no uncertainty on the recovery score (± is the spread over seeds).")
     return lines + [""]
+
+
+def budget_trend_lines(out: Path, base: Path) -> list[str]:
+    """An extension's budgets beside its base experiment's (``recipes_controls``), one line per method
+    and recipe that both ran: the recovery and converted bits per byte at every budget, the smallest
+    first (± the SD over seeds where there are several; the teacher is the same)."""
+    ext, main = _read(out / "table.csv"), _read(base / "table.csv")
+    if ext is None or main is None:
+        return []
+    both = pd.concat([main, ext]).dropna(subset=["converted_bpb"])
+    lines = []
+    for (method, recipe), g in both.groupby(["method", "recipe"], sort=False):
+        if not ext[(ext["method"] == method) & (ext["recipe"] == recipe)].shape[0] or g["fraction"].nunique() < 2:
+            continue
+        points = ", ".join(
+            f"{_cell(r['recovery'], r.get('recovery sd'), 2)} ({r['converted_bpb']:.3f} bpb) at {r['fraction']:g}"
+            for _, r in g.sort_values("fraction").iterrows()
+        )
+        lines.append(
+            f"- **{method} / {recipe} across budgets** (with `{base.name}`): recovery {points}; "
+            f"the teacher is at {g['teacher_bpb'].iloc[0]:.3f} bpb."
+        )
+    return lines + [""] if lines else []
 
 
 def lr_sweep_lines(out: Path) -> list[str]:
@@ -1065,6 +1101,8 @@ def write_report(
             lines += recovery_section(out)
         elif name == "recipes_controls":
             lines += controls_section(out)
+        elif name == "recipes_controls_extended":
+            lines += controls_section(out) + budget_trend_lines(out, root / "recipes_controls")
         elif name == "hybrid_pareto":
             lines += hybrid_section(out)
         else:
