@@ -662,12 +662,13 @@ def budget_trend_lines(out: Path, base: Path) -> list[str]:
         return []
     both = pd.concat([main, ext]).dropna(subset=["converted_bpb"])
     lines = []
-    for (method, recipe), g in both.groupby(["method", "recipe"], sort=False):
-        if not ext[(ext["method"] == method) & (ext["recipe"] == recipe)].shape[0] or g["fraction"].nunique() < 2:
+    for method, recipe in ext[["method", "recipe"]].drop_duplicates().itertuples(index=False):
+        g = both[(both["method"] == method) & (both["recipe"] == recipe)].sort_values("fraction")
+        if g["fraction"].nunique() < 2:
             continue
         points = ", ".join(
             f"{_cell(r['recovery'], r.get('recovery sd'), 2)} ({r['converted_bpb']:.3f} bpb) at {r['fraction']:g}"
-            for _, r in g.sort_values("fraction").iterrows()
+            for _, r in g.iterrows()
         )
         lines.append(
             f"- **{method} / {recipe} across budgets** (with `{base.name}`): recovery {points}; "
