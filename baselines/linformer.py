@@ -18,14 +18,16 @@ so every output sees every token, future ones included. A decoder needs a causal
 So output ``i`` depends only on tokens ``<= i``; the first block (no summaries yet) is exact
 softmax attention. ``E, F`` have one column per position, shared by all heads (the paper's
 headwise sharing), separate for keys and values: the maximum length ``max_seq_len`` is binding and
-longer inputs are rejected with a clear error (``check_length``). Time is ``O(T (k + b))`` and the
+longer inputs are rejected with a clear error (``check_length``). Time is ``O(T (k + b + n))`` for
+windows of ``n`` tokens (below) and the
 decoding state is constant: the two ``k x d`` summaries, the current block's exact keys/values
 (``b`` slots) and the number of tokens seen — ``2 H_kv d (k + b) + 1`` numbers per sequence.
 Defaults: ``b = max_seq_len // 16`` and ``k = max_seq_len // 8`` (for 2048 tokens: b = 128,
 k = 256, i.e. Linformer's compression ratio n/k = 8).
 
 Forms: ``parallel`` computes every query against every key with block masks (quadratic reference);
-``chunk`` walks the sequence in windows of ``chunk_size`` tokens, folding completed blocks into the
+``chunk`` walks the sequence in windows of ``chunk_size`` tokens (``max(b, 64)``: with a small block,
+a window of one block would cost a Python step per few tokens), folding completed blocks into the
 summaries; ``recurrent`` is the same with windows of one token. Left padding: padding tokens are
 neither keys nor part of a summary, positions count real tokens only.
 
@@ -59,6 +61,8 @@ class Linformer(ProjectedMixer):
     uses_rotary = True
     forms = ("parallel", "chunk", "recurrent")
     default_form = "chunk"
+    #: the least window of the chunk form: each window costs O(n (n + b + k)), the windows T / n Python steps
+    CHUNK_WINDOW = 64
 
     @dataclass
     class Options:
@@ -75,7 +79,9 @@ class Linformer(ProjectedMixer):
                 f"linformer: block_size and compressed_dim must be positive, got {self.block_size}, "
                 f"{self.compressed_dim}."
             )
-        self.chunk_size = self.block_size  # window of the chunk form (computation only, not semantics)
+        # the chunk form's window (computation only, not semantics): whole blocks or CHUNK_WINDOW tokens,
+        # whichever is longer, so a small block does not mean a Python step per few tokens
+        self.chunk_size = max(self.block_size, self.CHUNK_WINDOW)
         self.compress_k = nn.Parameter(torch.empty(self.compressed_dim, L))
         self.compress_v = nn.Parameter(torch.empty(self.compressed_dim, L))
         self.reset_parameters(0.02)
