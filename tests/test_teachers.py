@@ -152,7 +152,7 @@ def test_report_shows_the_sweep_and_dijiangs_rank_with_its_test(tmp_path):
         for m, base in (("dijiang", 3.0), ("retnet", 3.5), ("performer", 2.9))
         for s in range(3)
     ]
-    line = "\n".join(ranking_lines(pd.DataFrame(), pd.DataFrame(rows)))
+    line = "\n".join(ranking_lines(pd.DataFrame(rows)))
     assert "ranks **2 of 3**" in line
     assert "retnet +0.500 bpb (p < 0.001, significant)" in line and "performer -0.100" in line
 
@@ -284,3 +284,32 @@ def test_controls_section_says_when_recovery_is_undefined(tmp_path):
     assert "paper beats scratch (4.470 vs 4.770 bpb; recovery undefined)" in text
     assert "Recovery undefined (scratch is no worse than the teacher here); lowest bpb: paper." in text
     assert "Most recovered" not in text
+
+
+def test_two_extensions_are_pooled_only_when_their_shared_controls_agree(tmp_path):
+    """recipes_controls_extended(_baselines) convert the same teacher at the same budget for different
+    methods: pooled, DiJiang ranks among all four; a differing no-op control (other data or rates)
+    refuses the pooling."""
+    from harness.report.report import pooled_extension_lines
+
+    def results(folder: str, methods: dict[str, list[float]], noop: float = 1.13) -> Path:
+        out = tmp_path / folder
+        out.mkdir()
+        rows = [
+            dict(method=m, recipe="paper", fraction=0.25, seed=s, converted_bpb=v, teacher_bpb=1.18, noop_bpb=noop)
+            for m, vals in methods.items()
+            for s, v in enumerate(vals)
+        ]
+        pd.DataFrame(rows).to_csv(out / "results.csv", index=False)
+        return out
+
+    ext = results("recipes_controls_extended", {"dijiang": [1.26, 1.27], "retnet": [1.38, 1.39]})
+    base = results("recipes_controls_extended_baselines", {"performer": [1.20, 1.21], "cosformer": [1.50, 1.52]})
+    text = "\n".join(pooled_extension_lines(ext, base))
+    assert "agree to 0.0e+00 bits per byte" in text and "(2 budget-seed pairs)" in text
+    assert "dijiang ranks **2 of 4** at 0.25 with the paper recipe" in text
+    assert "performer -0.060" in text and "cosformer +0.245" in text
+    other = results("other", {"performer": [1.20, 1.21]}, noop=1.20)
+    refused = "\n".join(pooled_extension_lines(ext, other))
+    assert "disagree on the teacher or the no-op control by 0.070" in refused and "ranks" not in refused
+    assert pooled_extension_lines(ext, tmp_path / "missing") == []

@@ -68,11 +68,15 @@ SECTIONS: tuple[str, ...] = (
     "recovery_curve",
     "recipes_controls",
     "recipes_controls_extended",
+    "recipes_controls_extended_baselines",
     "hybrid_pareto",
     "mqar",
 )
 #: "near-equal" in the paper's claim, as we test it: converted within this fraction of the teacher's bpb
 NEAR_EQUAL = 0.02
+#: bits per byte by which two experiments' shared controls may differ and still be pooled (the same runs
+#: on another thread count differ in the last digits only)
+POOL_TOLERANCE = 1e-3
 BPB_COLUMN = "heldout_ppl bpb"
 #: a printed average further than this from the mean of its cells is reported
 AVG_TOLERANCE = 0.002
@@ -646,7 +650,7 @@ def controls_section(out: Path) -> list[str]:
     for r in skipped.itertuples():
         lines.append(f"- {r.method} / {r.recipe}: not applicable (no parameters of its own to transfer).")
     results = _read(out / "results.csv")
-    lines += ranking_lines(table, results) + recipe_lines(results)
+    lines += ranking_lines(results) + recipe_lines(results)
     lines += [""] + lr_sweep_lines(out)
     if "seeds" in table.columns and (table["seeds"] < 2).any():
         lines.append("- Rows with one seed carry no uncertainty on the recovery score (± is the spread over seeds).")
@@ -675,6 +679,35 @@ def budget_trend_lines(out: Path, base: Path) -> list[str]:
             f"the teacher is at {g['teacher_bpb'].iloc[0]:.3f} bpb."
         )
     return lines + [""] if lines else []
+
+
+def pooled_extension_lines(first: Path, second: Path, best: str = PAPER_BEST) -> list[str]:
+    """Two experiments that convert the same teacher at the same budget for different methods (the two
+    ``recipes_controls_extended*``), pooled: where ``best`` ranks among all their methods
+    (:func:`ranking_lines`). First a check that they share their data: both ran the teacher and the
+    no-op control (the teacher fine-tuned on the same tokens, seed and chosen rate), whose bits per
+    byte must agree; where they do not, nothing is pooled."""
+    a, b = _read(first / "results.csv"), _read(second / "results.csv")
+    if a is None or b is None:
+        return []
+    names = f"`{first.name}` and `{second.name}`"
+    keys, shared = ["fraction", "seed"], ["teacher_bpb", "noop_bpb"]
+    both = a.drop_duplicates(keys).merge(b.drop_duplicates(keys), on=keys, suffixes=("", "_2"))
+    if not len(both):
+        return [f"- {names} share no budget and seed: nothing to pool.", ""]
+    gap = max(float((both[c] - both[f"{c}_2"]).abs().max()) for c in shared)
+    if gap > POOL_TOLERANCE:
+        return [
+            f"- {names} disagree on the teacher or the no-op control by {gap:.3f} bits per byte: they did not "
+            "run on the same data and rates, so they are not pooled.",
+            "",
+        ]
+    return [
+        f"- **Pooled**: {names} share their teacher and data: the teacher and the no-op control, which both ran "
+        f"({len(both)} budget-seed pair{'s' * (len(both) != 1)}), agree to {gap:.1e} bits per byte.",
+        *ranking_lines(pd.concat([a, b], ignore_index=True), best),
+        "",
+    ]
 
 
 def lr_sweep_lines(out: Path) -> list[str]:
@@ -722,7 +755,7 @@ def sweep_edge_lines(sweep: pd.DataFrame) -> list[str]:
     ]
 
 
-def ranking_lines(table: pd.DataFrame, results: pd.DataFrame | None, best: str = PAPER_BEST) -> list[str]:
+def ranking_lines(results: pd.DataFrame | None, best: str = PAPER_BEST) -> list[str]:
     """Where ``best`` (DiJiang) ranks among the converted methods, per budget and recipe, by held-out
     bits per byte, with Welch's t-test over seeds against each method that beats it or that it beats
     next (two-sided; significant at ``ALPHA``)."""
@@ -1102,8 +1135,10 @@ def write_report(
             lines += recovery_section(out)
         elif name == "recipes_controls":
             lines += controls_section(out)
-        elif name == "recipes_controls_extended":
+        elif name in ("recipes_controls_extended", "recipes_controls_extended_baselines"):
             lines += controls_section(out) + budget_trend_lines(out, root / "recipes_controls")
+            if name == "recipes_controls_extended_baselines":
+                lines += pooled_extension_lines(root / "recipes_controls_extended", out)
         elif name == "hybrid_pareto":
             lines += hybrid_section(out)
         else:
