@@ -286,30 +286,45 @@ def test_controls_section_says_when_recovery_is_undefined(tmp_path):
     assert "Most recovered" not in text
 
 
-def test_two_extensions_are_pooled_only_when_their_shared_controls_agree(tmp_path):
-    """recipes_controls_extended(_baselines) convert the same teacher at the same budget for different
-    methods: pooled, DiJiang ranks among all four; a differing no-op control (other data or rates)
-    refuses the pooling."""
+def test_extensions_are_pooled_only_when_their_shared_controls_agree(tmp_path):
+    """The recipes_controls_extended* experiments convert the same teacher at the same budget for
+    different methods or recipes: pooled, DiJiang ranks among all methods and the recipes are compared;
+    a shared control (no-op, or from scratch for the same method and seed) that differs refuses it."""
     from harness.report.report import pooled_extension_lines
 
-    def results(folder: str, methods: dict[str, list[float]], noop: float = 1.13) -> Path:
+    def results(folder: str, cells: dict[tuple[str, str], list[float]], noop=1.13, scratch=1.45) -> Path:
         out = tmp_path / folder
         out.mkdir()
         rows = [
-            dict(method=m, recipe="paper", fraction=0.25, seed=s, converted_bpb=v, teacher_bpb=1.18, noop_bpb=noop)
-            for m, vals in methods.items()
+            dict(
+                method=m,
+                recipe=r,
+                fraction=0.25,
+                seed=s,
+                converted_bpb=v,
+                teacher_bpb=1.18,
+                noop_bpb=noop,
+                scratch_bpb=scratch,
+                recovery=(scratch - v) / (scratch - 1.18),
+            )
+            for (m, r), vals in cells.items()
             for s, v in enumerate(vals)
         ]
         pd.DataFrame(rows).to_csv(out / "results.csv", index=False)
         return out
 
-    ext = results("recipes_controls_extended", {"dijiang": [1.26, 1.27], "retnet": [1.38, 1.39]})
-    base = results("recipes_controls_extended_baselines", {"performer": [1.20, 1.21], "cosformer": [1.50, 1.52]})
-    text = "\n".join(pooled_extension_lines(ext, base))
-    assert "agree to 0.0e+00 bits per byte" in text and "(2 budget-seed pairs)" in text
+    ext = results("ext", {("dijiang", "paper"): [1.26, 1.27], ("retnet", "paper"): [1.38, 1.39]})
+    base = results("baselines", {("performer", "paper"): [1.20, 1.21], ("cosformer", "paper"): [1.50, 1.52]})
+    transfer = results("transfer", {("dijiang", "transfer"): [1.22, 1.23], ("retnet", "transfer"): [1.36, 1.37]})
+    text = "\n".join(pooled_extension_lines([ext, base, transfer]))
+    # teacher and no-op per seed (2 x 2), scratch of dijiang and retnet per seed (4): shared by ext and transfer
+    assert "the 8 controls that more than one of them ran" in text and "agree to 0.0e+00" in text
     assert "dijiang ranks **2 of 4** at 0.25 with the paper recipe" in text
     assert "performer -0.060" in text and "cosformer +0.245" in text
-    other = results("other", {"performer": [1.20, 1.21]}, noop=1.20)
-    refused = "\n".join(pooled_extension_lines(ext, other))
-    assert "disagree on the teacher or the no-op control by 0.070" in refused and "ranks" not in refused
-    assert pooled_extension_lines(ext, tmp_path / "missing") == []
+    assert "Recipes for **dijiang at 0.25**" in text and "best transfer" in text and "paper +0.040" in text
+    moved = results("moved", {("dijiang", "transfer"): [1.22, 1.23]}, scratch=1.46)
+    refused = "\n".join(pooled_extension_lines([ext, moved]))
+    assert "disagree on a shared control by 0.010" in refused and "ranks" not in refused
+    other = results("other", {("performer", "paper"): [1.20, 1.21]}, noop=1.20)
+    assert "disagree on a shared control by 0.070" in "\n".join(pooled_extension_lines([ext, other]))
+    assert pooled_extension_lines([ext, tmp_path / "missing"]) == []
