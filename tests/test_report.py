@@ -214,3 +214,20 @@ def test_hybrid_report_weighs_the_criterion_against_even_spacing_and_prices_each
     layer = "\n".join(per_layer_lines(table, ["decode_tokens_per_s_8192"]))
     assert "dijiang (even), k 0 -> 1: -0.200 bpb for 0.75x the decode speed and 11.00x the state" in layer
     assert "k 1 -> 2: -0.300 bpb for 0.67x" in layer
+
+
+def test_an_experiment_the_report_does_not_name_still_gets_a_section(tmp_path):
+    """SECTIONS orders the known experiments; one it does not name (a new experiment) comes after
+    them, with the generic section, instead of being left out of the report."""
+    from harness.report.report import SECTIONS, section_order, write_report
+    from harness.util.io import atomic_write_json
+
+    metas = {"zz_new_experiment": {}, "mqar": {}, "table2_methods": {}}
+    assert section_order(metas) == ["table2_methods", "mqar", "zz_new_experiment"]
+    assert "zz_new_experiment" not in SECTIONS
+    out = tmp_path / "smoke" / "zz_new_experiment"
+    out.mkdir(parents=True)
+    meta = {"paper_ref": "nothing", "description": "a new experiment", "wall_time_s": 1.0, "environment": {}}
+    atomic_write_json(out / "meta.json", meta)
+    text = write_report("smoke", tmp_path, ["zz_new_experiment"], {}).read_text()
+    assert "## zz_new_experiment — nothing" in text and "a new experiment" in text

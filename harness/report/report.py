@@ -70,6 +70,7 @@ SECTIONS: tuple[str, ...] = (
     "recipes_controls_extended",
     "recipes_controls_extended_baselines",
     "recipes_controls_extended_transfer",
+    "recipes_controls_extended_distill",
     "hybrid_pareto",
     "mqar",
 )
@@ -1088,6 +1089,12 @@ def teachers_section(shipped: dict[str, str], out: Path | None = None) -> list[s
     return lines
 
 
+def section_order(metas: dict[str, dict]) -> list[str]:
+    """The experiments that ran, in the report's order: :data:`SECTIONS` first, then any experiment it
+    does not name (a new one), alphabetically, so a new experiment is never left out of the report."""
+    return [n for n in SECTIONS if n in metas] + sorted(n for n in metas if n not in SECTIONS)
+
+
 def write_report(
     profile: str, results_dir: Path, experiments: list[str] | None = None, shipped: dict[str, str] | None = None
 ) -> Path:
@@ -1136,9 +1143,8 @@ def write_report(
     notes = _eval_notes(root, evaluated)
     if notes:
         lines += ["## How the benchmark tasks were scored", "", *notes, ""]
-    for name in SECTIONS:
-        if name not in metas:
-            continue
+    ordered = section_order(metas)
+    for name in ordered:
         meta, out = metas[name], root / name
         lines += [f"## {name} — {meta['paper_ref']}", "", meta["description"], ""]
         if name == "table2_methods":
@@ -1155,7 +1161,7 @@ def write_report(
             lines += controls_section(out)
         elif name.startswith("recipes_controls_extended"):
             lines += controls_section(out) + budget_trend_lines(out, root / "recipes_controls")
-            extensions = [n for n in SECTIONS if n.startswith("recipes_controls_extended") and n in metas]
+            extensions = [n for n in ordered if n.startswith("recipes_controls_extended")]
             if name == extensions[-1]:  # once, after the last of them
                 lines += pooled_extension_lines([root / n for n in extensions])
         elif name == "hybrid_pareto":
