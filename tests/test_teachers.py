@@ -21,7 +21,8 @@ import pytest
 from harness.pipeline import shipped, stages, teachers
 from harness.pipeline.runners.controls import sweep
 from harness.pipeline.spec import Teacher, load_profile
-from harness.report.report import lr_sweep_lines, ranking_lines, recipe_lines, teachers_section
+from harness.report.controls import lr_sweep_lines, ranking_lines, recipe_lines
+from harness.report.report import teachers_section
 from harness.util.errors import UserError
 
 LN2 = math.log(2)
@@ -111,6 +112,34 @@ def test_shipping_never_overwrites_and_verify_checks_weights_shape_and_corpus(tm
     (dest / "model.safetensors").write_bytes(b"edited")
     with pytest.raises(UserError, match="sha256"):
         shipped.verify(t)
+
+
+def test_extending_a_shipped_curve_appends_the_next_doubling_and_keeps_the_weights(tmp_path, curve_of):
+    """``teachers --extend`` trains twice the curve's largest budget, appends its point (gain over the
+    last one) to teacher.json and curve.csv, keeps the shipped weights and budget, and names the longer
+    curve in ``retrain``; edited weights are refused before anything trains."""
+    ctx, install = curve_of
+    profile = load_profile("tiny")
+    base = profile.teacher("tiny-m")
+    curve = [teachers.CurvePoint(4000, 2.5, None, 1.0, "x"), teachers.CurvePoint(8000, 2.3, 0.08, 2.0, "y")]
+    t = Teacher(name=base.name, tokens=4000, shape=dict(base.shape))
+    dest = teachers.ship(profile, t, fake_run(4000, 2.5, tmp_path / "run"), curve, False, root=tmp_path / "teachers")
+    t = Teacher(name=t.name, tokens=4000, shape=dict(t.shape), shipped=str(dest))
+    before = json.loads((dest / "teacher.json").read_text())
+    trained = install({16000: 2.277})
+    point = teachers.extend(ctx, t)
+    assert trained == [16000] and point.tokens == 16000 and point.gain == pytest.approx(0.023 / 2.3)
+    meta = json.loads((dest / "teacher.json").read_text())
+    assert [p["tokens"] for p in meta["curve"]] == [4000, 8000, 16000]
+    assert meta["sha256"] == before["sha256"] == shipped.sha256_file(dest / "model.safetensors")
+    assert meta["tokens"] == 4000 and not meta["converged"] and meta["curve_wall_time_s"] == pytest.approx(4.0)
+    assert meta["retrain"].endswith("--start-tokens 4000 --max-doublings 2 --ship-tokens 4000")
+    assert pd.read_csv(dest / "curve.csv")["tokens"].tolist() == [4000, 8000, 16000]
+    assert shipped.verify(t) == dest  # still a valid shipped teacher
+    (dest / "model.safetensors").write_bytes(b"edited")
+    with pytest.raises(UserError, match="sha256"):
+        teachers.extend(ctx, t)
+    assert trained == [16000]
 
 
 def test_stages_convert_the_shipped_teacher_instead_of_training_one(tmp_path, monkeypatch):
@@ -226,7 +255,7 @@ def test_a_diverged_sweep_point_scores_infinity_and_is_not_chosen():
 
 
 def test_the_report_flags_a_rate_chosen_at_the_edge_of_its_sweep():
-    from harness.report.report import sweep_edge_lines
+    from harness.report.controls import sweep_edge_lines
 
     def cell(method, vals):
         return [
@@ -246,7 +275,7 @@ def test_the_report_flags_a_rate_chosen_at_the_edge_of_its_sweep():
 
 
 def test_an_extension_budget_is_read_beside_its_base_experiments_budgets(tmp_path):
-    from harness.report.report import budget_trend_lines
+    from harness.report.controls import budget_trend_lines
 
     def table(folder: str, rows: list[tuple]) -> Path:
         out = tmp_path / folder
@@ -275,7 +304,7 @@ def test_an_extension_budget_is_read_beside_its_base_experiments_budgets(tmp_pat
 def test_controls_section_says_when_recovery_is_undefined(tmp_path):
     """At the teacher's own budget, scratch on the same tokens can match the teacher: the recovery's
     denominator is then <= 0 and the runner writes NaN; the report names the lowest bpb instead."""
-    from harness.report.report import controls_section
+    from harness.report.controls import controls_section
 
     cols = ["method", "recipe", "fraction", "converted_bpb", "scratch_bpb", "teacher_bpb", "recovery", "seeds"]
     rows = [("dijiang", "paper", 1.0, 4.47, 4.77, 4.78, float("nan"), 1)]
@@ -290,7 +319,7 @@ def test_extensions_are_pooled_only_when_their_shared_controls_agree(tmp_path):
     """The recipes_controls_extended* experiments convert the same teacher at the same budget for
     different methods or recipes: pooled, DiJiang ranks among all methods and the recipes are compared;
     a shared control (no-op, or from scratch for the same method and seed) that differs refuses it."""
-    from harness.report.report import pooled_extension_lines
+    from harness.report.controls import pooled_extension_lines
 
     def results(folder: str, cells: dict[tuple[str, str], list[float]], noop=1.13, scratch=1.45) -> Path:
         out = tmp_path / folder

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from harness.pipeline.spec import load_profile
 from harness.pipeline.stages import RUNS_DIR, Context
-from harness.pipeline.teachers import THRESHOLD, chosen, converge, ship
+from harness.pipeline.teachers import THRESHOLD, chosen, converge, extend, retrain_command, ship
 from harness.util.errors import UserError
 from harness.util.provenance import REPO_ROOT
 
@@ -28,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="ship the curve's run of this budget instead (a cost choice; recorded, and the report says so)",
     )
+    parser.add_argument(
+        "--extend",
+        action="store_true",
+        help="train the next doubling of the shipped teacher's curve and add it to its teacher.json and curve.csv "
+        "(the shipped weights and budget stay)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -38,6 +44,14 @@ def main(args: argparse.Namespace) -> int:
     if not t.shape:
         raise UserError(f"teacher {t.name!r} is a hub checkpoint; only shapes trained here can be converged.")
     ctx = Context(profile, results_dir=args.runs_dir or RUNS_DIR, progress=True)
+    if args.extend:
+        p = extend(ctx, t)
+        print(
+            f"{p.tokens:>12,d} tokens  {p.val_bpb:.4f} validation bits per byte  {p.wall_time_s:7.0f} s  "
+            f"(doubling gained {100 * (p.gain or 0):.1f} %; the threshold is {100 * THRESHOLD:g} %)"
+        )
+        print(f"added to {t.shipped}/teacher.json and curve.csv")
+        return 0
     curve, runs, converged = converge(
         ctx, t, start_tokens=int(args.start_tokens), threshold=args.threshold, max_doublings=args.max_doublings
     )
@@ -50,10 +64,8 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(f"NOT converged after {args.max_doublings} doublings: the last one still paid")
     if not args.no_ship:
-        retrain = " ".join(
-            ["python -m harness teachers", f"--profile {args.profile}", f"--teacher {t.name}"]
-            + [f"--start-tokens {int(args.start_tokens)}", f"--max-doublings {args.max_doublings}"]
-            + ([f"--ship-tokens {int(args.ship_tokens)}"] if args.ship_tokens else [])
+        retrain = retrain_command(
+            args.profile, t.name, int(args.start_tokens), args.max_doublings, args.ship_tokens and int(args.ship_tokens)
         )
         dest = ship(profile, t, run, curve, converged and args.ship_tokens is None, retrain=retrain)
         print(f"shipped {run.tokens:,d} tokens: {dest.relative_to(REPO_ROOT)}")

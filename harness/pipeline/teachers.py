@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import shutil
 from dataclasses import asdict, dataclass
@@ -78,19 +79,64 @@ def converge(
     runs: list[Run] = []
     tokens = int(start_tokens)
     for _ in range(max_doublings + 1):
-        cfg = teacher_config(ctx, t, seed, tokens=tokens)
-        cfg.eval_blocks = EVAL_BLOCKS
-        run = run_training(ctx, f"curve-{t.name}-t{tokens}-s{seed}", cfg, "softmax")
-        if run.result.val_loss is None:
-            raise UserError(f"the corpus {ctx.profile.data!r} has no validation split to select a teacher on.")
-        bpb = bits(run.result.val_loss)
-        gain = None if not curve else (curve[-1].val_bpb - bpb) / curve[-1].val_bpb
-        curve.append(CurvePoint(tokens, bpb, gain, run.result.wall_time_s, run.result.out_dir))
+        point, run = train_point(ctx, t, tokens, curve[-1].val_bpb if curve else None, seed)
+        curve.append(point)
         runs.append(run)
-        if gain is not None and gain < threshold:
+        if point.gain is not None and point.gain < threshold:
             return curve, runs, True
         tokens *= 2
     return curve, runs, False
+
+
+def train_point(
+    ctx: Context, t: Teacher, tokens: int, previous_bpb: float | None, seed: int = 0
+) -> tuple[CurvePoint, Run]:
+    """One point of the curve: ``t``'s shape trained from scratch on ``tokens`` (a finished run with its
+    own schedule; an earlier or interrupted run of the same configuration is reused or resumed), its
+    validation bits per byte, and its gain over ``previous_bpb``."""
+    cfg = teacher_config(ctx, t, seed, tokens=tokens)
+    cfg.eval_blocks = EVAL_BLOCKS
+    run = run_training(ctx, f"curve-{t.name}-t{tokens}-s{seed}", cfg, "softmax")
+    if run.result.val_loss is None:
+        raise UserError(f"the corpus {ctx.profile.data!r} has no validation split to select a teacher on.")
+    bpb = bits(run.result.val_loss)
+    gain = None if previous_bpb is None else (previous_bpb - bpb) / previous_bpb
+    return CurvePoint(tokens, bpb, gain, run.result.wall_time_s, run.result.out_dir), run
+
+
+def retrain_command(profile: str, teacher: str, start_tokens: int, max_doublings: int, ship_tokens: int | None) -> str:
+    """The command that retrains a shipped teacher's whole curve and ships the same budget."""
+    return " ".join(
+        ["python -m harness teachers", f"--profile {profile}", f"--teacher {teacher}"]
+        + [f"--start-tokens {int(start_tokens)}", f"--max-doublings {int(max_doublings)}"]
+        + ([f"--ship-tokens {int(ship_tokens)}"] if ship_tokens else [])
+    )
+
+
+def extend(ctx: Context, t: Teacher, seed: int = 0) -> CurvePoint:
+    """Add the next doubling to the shipped teacher's curve: train ``t``'s shape on twice the curve's
+    largest budget and append the point to its ``teacher.json`` and ``curve.csv`` (atomically). The
+    shipped weights and budget do not change (their sha256 is checked first); ``retrain`` then names
+    the longer curve. Measures whether a teacher shipped below convergence for cost is converging."""
+    if not t.shipped:
+        raise UserError(
+            f"teacher {t.name!r} names no shipped directory (`shipped:` in the profile); nothing to extend."
+        )
+    folder = REPO_ROOT / str(t.shipped)
+    meta = json.loads((folder / "teacher.json").read_text())
+    if sha256_file(folder / "model.safetensors") != meta["sha256"]:
+        raise UserError(f"teacher {t.name!r}: {folder}/model.safetensors does not match its sha256 in teacher.json.")
+    curve = [CurvePoint(**p) for p in meta["curve"]]
+    point, _ = train_point(ctx, t, 2 * curve[-1].tokens, curve[-1].val_bpb, seed)
+    curve.append(point)
+    meta["curve"] = [asdict(p) for p in curve]
+    meta["curve_wall_time_s"] = sum(p.wall_time_s for p in curve)
+    meta["retrain"] = retrain_command(
+        ctx.profile.name, t.name, curve[0].tokens, len(curve) - 1, None if meta["converged"] else int(meta["tokens"])
+    )
+    atomic_write_json(folder / "teacher.json", meta, indent=1, sort_keys=False)
+    atomic_write_text(folder / "curve.csv", curve_csv(curve))
+    return point
 
 
 def chosen(runs: list[Run], converged: bool, tokens: int | None = None) -> Run:

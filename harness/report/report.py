@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,9 @@ import pandas as pd
 from harness.evaluation.items import Items, decode_items
 from harness.evaluation.lm_eval_tasks import OFFLINE_TASKS, UNAVAILABLE
 from harness.evaluation.lm_eval_tasks.bundled import official_name
-from harness.report.paper_numbers import WSC_CONSTANT_CLASS_COUNTS, WSC_EXAMPLES
+from harness.report.controls import budget_trend_lines, controls_section, pooled_extension_lines, wider_sweep_lines
+from harness.report.markdown import md_table, read_table, value_cell
+from harness.report.paper_numbers import PAPER_BEST, WSC_CONSTANT_CLASS_COUNTS, WSC_EXAMPLES
 from harness.report.stats import (
     ALPHA,
     Difference,
@@ -55,8 +57,6 @@ PAPER_ROWS: dict[str, str] = {
     "pff": "PFF",
     "dijiang": "DiJiang",
 }
-#: the method the paper reports as best (Table 2), against which every other one is tested
-PAPER_BEST = "dijiang"
 SECTIONS: tuple[str, ...] = (
     "table1_scale",
     "table2_methods",
@@ -67,6 +67,7 @@ SECTIONS: tuple[str, ...] = (
     "kernel_ablation",
     "recovery_curve",
     "recipes_controls",
+    "recipes_controls_wider_sweep",
     "recipes_controls_extended",
     "recipes_controls_extended_baselines",
     "recipes_controls_extended_transfer",
@@ -74,28 +75,14 @@ SECTIONS: tuple[str, ...] = (
     "hybrid_pareto",
     "mqar",
 )
-#: "near-equal" in the paper's claim, as we test it: converted within this fraction of the teacher's bpb
-NEAR_EQUAL = 0.02
-#: bits per byte by which experiments' shared controls may differ and still be pooled. The same run
-#: repeats exactly on the same code and torch thread count; on another thread count it can move by more
-#: (RetNet at 1/64: 0.005, one thread against two), as much as the seed spread of some cells.
-POOL_TOLERANCE = 1e-3
 BPB_COLUMN = "heldout_ppl bpb"
 #: a printed average further than this from the mean of its cells is reported
 AVG_TOLERANCE = 0.002
 
 
-def _read(path: Path) -> pd.DataFrame | None:
-    return pd.read_csv(path) if path.exists() else None
-
-
-def _md(frame: pd.DataFrame) -> str:
-    return frame.to_markdown(index=False, floatfmt=".4g")
-
-
 def paper_wide(paper_dir: Path, table: str, index: str = "model") -> pd.DataFrame | None:
     """The paper's table as published (rows x tasks)."""
-    tidy = _read(paper_dir / f"{table}.csv")
+    tidy = read_table(paper_dir / f"{table}.csv")
     if tidy is None:
         return None
     return tidy.pivot_table(index=index, columns="task", values="value", sort=False).reset_index()
@@ -190,14 +177,6 @@ def _how(d: Difference) -> str:
 
 
 # -- formatting ---------------------------------------------------------------------------------------
-def _cell(value: Any, se: Any = None, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if se is None or (isinstance(se, float) and math.isnan(se)):
-        return f"{value:.{digits}f}"
-    return f"{value:.{digits}f} ± {se:.{digits}f}"
-
-
 def ours_markdown(table: pd.DataFrame, keys: list[str], extra: list[str] = ()) -> str:
     """Our wide table for the report: accuracies as ``value ± stderr`` (item count in the header),
     ``avg ± stderr`` over the tasks scored (their number in the header), bits per byte (with its
@@ -208,30 +187,31 @@ def ours_markdown(table: pd.DataFrame, keys: list[str], extra: list[str] = ()) -
         n = pd.to_numeric(table[f"{task} n"], errors="coerce")
         header = f"{task} (n={int(n.max())})" if n.max() > 0 else task
         out[header] = [
-            UNAVAILABLE if not (c > 0) else _cell(v, se) for v, se, c in zip(table[task], table[f"{task} stderr"], n)
+            UNAVAILABLE if not (c > 0) else value_cell(v, se)
+            for v, se, c in zip(table[task], table[f"{task} stderr"], n)
         ]
     if "avg" in table.columns:
         k = pd.to_numeric(table.get("avg tasks"), errors="coerce").max()
         out[f"avg ({int(k)} tasks)" if k == k else "avg"] = [
-            _cell(v, se) for v, se in zip(table["avg"], table.get("avg stderr", [None] * len(table)))
+            value_cell(v, se) for v, se in zip(table["avg"], table.get("avg stderr", [None] * len(table)))
         ]
     for col in [c for c in table.columns if c.endswith(" bpb")]:
         sd = table.get(f"{col} sd")
         out[f"{col}"] = [
-            _cell(v) + (f" (sd {s:.3f})" if s is not None and s == s else "")
+            value_cell(v) + (f" (sd {s:.3f})" if s is not None and s == s else "")
             for v, s in zip(table[col], sd if sd is not None else [None] * len(table))
         ]
     for col in extra:
         if col in table.columns:
             out[col] = table[col]
-    return _md(out)
+    return md_table(out)
 
 
 def _paper_markdown(paper: pd.DataFrame, tasks: list[str]) -> str:
     shown = paper.copy()
     if tasks:
         shown[f"avg over our {len(tasks)} tasks"] = paper_avg(paper, tasks).to_numpy()
-    return _md(shown)
+    return md_table(shown)
 
 
 # -- the paper's quirks -------------------------------------------------------------------------------
@@ -337,10 +317,10 @@ def _paired_table(
 
 def table2_section(out: Path, paper_dir: Path) -> list[str]:
     """Table 2: every method converted from one teacher, against the paper's Table 2."""
-    table = _read(out / "table.csv")
+    table = read_table(out / "table.csv")
     if table is None:
         return ["(not run)"]
-    items = ItemResults(_read(out / "results.csv"))
+    items = ItemResults(read_table(out / "results.csv"))
     tasks = _benchmark_tasks(table)
     models = [str(m) for m in table["model"]]
     lines = [
@@ -372,7 +352,7 @@ def table2_section(out: Path, paper_dir: Path) -> list[str]:
             f"**Each method against {PAPER_BEST}** (the paper's best), paired over the shared items with the seed "
             f"spread added: difference ± standard error (two-sided p; significant at p <= {ALPHA}):",
             "",
-            _md(diffs),
+            md_table(diffs),
             "",
         ]
     if paper is not None:
@@ -428,7 +408,7 @@ def throughput_lines(table: pd.DataFrame, paper_dir: Path, paper_table: str) -> 
         ours.append(f"slower than its teacher for {', '.join(slower)}")
     if faster:
         ours.append(f"as fast or faster for {', '.join(faster)}")
-    tidy = _read(paper_dir / f"{paper_table}.csv")
+    tidy = read_table(paper_dir / f"{paper_table}.csv")
     claim = ""
     if tidy is not None and "infer_tokens_per_s" in tidy.columns:
         rows = tidy.drop_duplicates("model").set_index("model")
@@ -454,10 +434,10 @@ def throughput_lines(table: pd.DataFrame, paper_dir: Path, paper_table: str) -> 
 
 def scale_section(out: Path, paper_dir: Path, paper_table: str) -> list[str]:
     """Tables 1 and 3: teachers and their DiJiang conversions, against the paper's."""
-    table = _read(out / "table.csv")
+    table = read_table(out / "table.csv")
     if table is None:
         return ["(not run)"]
-    items = ItemResults(_read(out / "results.csv"))
+    items = ItemResults(read_table(out / "results.csv"))
     tasks = _benchmark_tasks(table)
     official = [official_name(t) for t in tasks]
     keys = ["model", "method", "teacher", "params", "train_tokens", "tokens_per_s"]
@@ -522,7 +502,7 @@ def speed_section(out: Path, paper_dir: Path) -> list[str]:
     DiJiang/Transformer ratio of the official README's plot."""
     from harness.report.bench_analysis import REFERENCE, analyse
 
-    rows = _read(out / "results.csv")
+    rows = read_table(out / "results.csv")
     if rows is None:
         return ["(not run)"]
     ok = rows[rows["status"] == "ok"]
@@ -541,13 +521,13 @@ def speed_section(out: Path, paper_dir: Path) -> list[str]:
         )
         cells = cells.where(tps.notna(), "skip").reset_index()
         cells.columns = ["method", *[f"{c:,}" for c in tps.columns]]
-        lines += [f"**{shape}, {phase}** — tokens/s (x {REFERENCE}, same sweep):", "", _md(cells), ""]
+        lines += [f"**{shape}, {phase}** — tokens/s (x {REFERENCE}, same sweep):", "", md_table(cells), ""]
         if phase == "prefill" and "mem_peak_bytes" in g.columns:
             mem = g.pivot_table(index="method", columns="seq_len", values="mem_peak_bytes") / 2**20
             mem = mem.loc[tps.index.intersection(mem.index, sort=False)].reset_index()
             mem.columns = ["method", *[f"{c:,}" for c in mem.columns[1:]]]
-            lines += [f"**{shape}, prefill peak memory** (MiB):", "", _md(mem), ""]
-    paper = _read(paper_dir / "speed_readme_plot.csv")
+            lines += [f"**{shape}, prefill peak memory** (MiB):", "", md_table(mem), ""]
+    paper = read_table(paper_dir / "speed_readme_plot.csv")
     ours = speedups[(speedups["method"] == "dijiang") & (speedups["phase"] == "decode")] if len(speedups) else speedups
     if paper is not None and len(ours):
         wide = paper.pivot_table(index="seq_len", columns="model", values="tokens_per_s")
@@ -574,7 +554,7 @@ def speed_section(out: Path, paper_dir: Path) -> list[str]:
                 "**Against the paper** (the official README's throughput plot; the paper's Fig. 4 has no "
                 "readable numbers; its model and hardware are unlabeled, so only the ratios compare):",
                 "",
-                _md(comp),
+                md_table(comp),
                 "",
             ]
     return lines
@@ -584,7 +564,7 @@ def kernel_section(out: Path) -> list[str]:
     """The ablation's slopes, and whether they show the paper's rates: Monte Carlo error ~ m^-1/2,
     quasi-Monte Carlo (PFF, WDCF) ~ m^-1."""
     lines = generic_section(out)
-    table = _read(out / "table.csv")
+    table = read_table(out / "table.csv")
     if table is None or "loglog_slope" not in table.columns:
         return lines
     groups = table.groupby("inputs", sort=False) if "inputs" in table.columns else [("these inputs", table)]
@@ -607,252 +587,19 @@ def kernel_section(out: Path) -> list[str]:
 
 def recovery_section(out: Path) -> list[str]:
     """The recovery curve's table with standard errors."""
-    table = _read(out / "table.csv")
+    table = read_table(out / "table.csv")
     if table is None:
         return ["(not run)"]
     keys = [c for c in ("method", "fraction", "seed") if c in table.columns]
     return [ours_markdown(table, keys), ""]
 
 
-def controls_section(out: Path) -> list[str]:
-    """Recipes against their controls, and a verdict written from the numbers: does conversion beat
-    training from scratch, which recipe recovers the most, and is "near-equal at 1/16" reproduced."""
-    table = _read(out / "table.csv")
-    if table is None:
-        return ["(not run)"]
-    lines = [_md(table), ""]
-    ok = table[table["converted_bpb"].notna()]
-    for (method, fraction), g in ok.groupby(["method", "fraction"], sort=False):
-        # recovery is undefined where scratch on these tokens is as good as the teacher (at 1/1 it is the
-        # teacher's own budget): the best recipe is then the one with the lowest bits per byte
-        defined = g["recovery"].notna().any()
-        best = g.loc[g["recovery"].idxmax()] if defined else g.loc[g["converted_bpb"].idxmin()]
-        beats = ", ".join(
-            f"{r['recipe']} {'beats' if r['converted_bpb'] < r['scratch_bpb'] else 'does not beat'} scratch "
-            f"({r['converted_bpb']:.3f} vs {r['scratch_bpb']:.3f} bpb; "
-            + (
-                f"recovery {_cell(r['recovery'], r.get('recovery sd'), 2)}, ± the SD over seeds)"
-                if pd.notna(r["recovery"])
-                else "recovery undefined)"
-            )
-            for _, r in g.iterrows()
-        )
-        gap = best.converted_bpb / best.teacher_bpb - 1
-        verdict = "reproduced" if gap <= NEAR_EQUAL else "not reproduced"
-        lines.append(
-            f"- **{method} at {fraction:g} of the teacher's tokens**: {beats}. "
-            + (
-                f"Most recovered: {best.recipe}. "
-                if defined
-                else f"Recovery undefined (scratch is no worse than the teacher here); lowest bpb: {best.recipe}. "
-            )
-            + f"Best converted model {best.converted_bpb:.3f} bpb against the teacher's {best.teacher_bpb:.3f} "
-            f'({gap:+.1%}); "near-equal" (within {NEAR_EQUAL:.0%}) is **{verdict}**.'
-        )
-    skipped = table[table["converted_bpb"].isna()]
-    for r in skipped.itertuples():
-        lines.append(f"- {r.method} / {r.recipe}: not applicable (no parameters of its own to transfer).")
-    results = _read(out / "results.csv")
-    lines += ranking_lines(results) + recipe_lines(results)
-    lines += [""] + lr_sweep_lines(out)
-    if "seeds" in table.columns and (table["seeds"] < 2).any():
-        lines.append("- Rows with one seed carry no uncertainty on the recovery score (± is the spread over seeds).")
-    return lines + [""]
-
-
-def budget_trend_lines(out: Path, base: Path) -> list[str]:
-    """An extension's budgets beside its base experiment's (``recipes_controls``), one line per method
-    and recipe that both ran: the recovery and converted bits per byte at every budget, the smallest
-    first (± the SD over seeds where there are several; the teacher is the same)."""
-    ext, main = _read(out / "table.csv"), _read(base / "table.csv")
-    if ext is None or main is None:
-        return []
-    both = pd.concat([main, ext]).dropna(subset=["converted_bpb"])
-    lines = []
-    for method, recipe in ext[["method", "recipe"]].drop_duplicates().itertuples(index=False):
-        g = both[(both["method"] == method) & (both["recipe"] == recipe)].sort_values("fraction")
-        if g["fraction"].nunique() < 2:
-            continue
-        points = ", ".join(
-            f"{_cell(r['recovery'], r.get('recovery sd'), 2)} ({r['converted_bpb']:.3f} bpb) at {r['fraction']:g}"
-            for _, r in g.iterrows()
-        )
-        lines.append(
-            f"- **{method} / {recipe} across budgets** (with `{base.name}`): recovery {points}; "
-            f"the teacher is at {g['teacher_bpb'].iloc[0]:.3f} bpb."
-        )
-    return lines + [""] if lines else []
-
-
-#: the controls that experiments converting one teacher at one budget share, and the keys they are shared on
-SHARED_CONTROLS: tuple[tuple[list[str], list[str]], ...] = (
-    (["fraction", "seed"], ["teacher_bpb", "noop_bpb"]),  # the teacher, and the teacher fine-tuned (no-op)
-    (["method", "fraction", "seed"], ["scratch_bpb"]),  # the same architecture trained from scratch
-)
-
-
-def pooled_extension_lines(outs: list[Path], best: str = PAPER_BEST) -> list[str]:
-    """Experiments that convert the same teacher at the same budget for different methods or recipes
-    (the ``recipes_controls_extended*``), pooled: where ``best`` ranks among all their methods
-    (:func:`ranking_lines`) and which recipe recovers the most (:func:`recipe_lines`). First a check
-    that they share their data: the controls that several of them ran (the teacher, the no-op control
-    per budget and seed, the from-scratch control per method, budget and seed: the same runs) must
-    agree in bits per byte; where any does not, nothing is pooled."""
-    frames = {out.name: f for out in outs if (f := _read(out / "results.csv")) is not None}
-    if len(frames) < 2:
-        return []
-    names = ", ".join(f"`{name}`" for name in frames)
-    pooled = pd.concat(frames.values(), keys=list(frames), names=["experiment", None]).reset_index(level=0)
-    gap, checked = 0.0, 0
-    for keys, columns in SHARED_CONTROLS:
-        runs = pooled.drop_duplicates(["experiment", *keys])
-        by = runs.groupby(keys)
-        shared = by["experiment"].nunique() > 1
-        if shared.any():
-            spread = (by[columns].max() - by[columns].min())[shared]
-            gap, checked = max(gap, float(spread.to_numpy().max())), checked + int(shared.sum()) * len(columns)
-    if not checked:
-        return [f"- {names} share no control: nothing to pool.", ""]
-    if gap > POOL_TOLERANCE:
-        return [
-            f"- {names} disagree on a shared control by {gap:.3f} bits per byte: they did not run on the same "
-            "data and rates, so they are not pooled.",
-            "",
-        ]
-    pooled = pooled.drop_duplicates(["method", "recipe", "fraction", "seed"])
-    return [
-        f"- **Pooled**: {names} share their teacher and data: the {checked} controls that more than one of them "
-        f"ran (teacher, no-op and from-scratch bits per byte, per budget and seed) agree to {gap:.1e} bits per byte.",
-        *ranking_lines(pooled, best),
-        *recipe_lines(pooled),
-        "",
-    ]
-
-
-def lr_sweep_lines(out: Path) -> list[str]:
-    """The learning-rate sweep behind the controls: validation bits per byte per rate, chosen in bold."""
-    sweep = _read(out / "lr_sweep.csv")
-    if sweep is None or not len(sweep):
-        return []
-    cells = sweep.assign(
-        cell=[f"**{v:.3f}**" if c else f"{v:.3f}" for v, c in zip(sweep["val_bpb"], sweep["chosen"].astype(bool))]
-    )
-    wide = cells.pivot_table(
-        index=["fraction", "method", "recipe"], columns="lr", values="cell", aggfunc="first", sort=False
-    )
-    wide = wide[sorted(wide.columns)]
-    wide.columns = [f"lr {c:g}" for c in wide.columns]
-    return [
-        "Learning-rate sweep (validation-split bits per byte on the first seed; the chosen rate in bold):",
-        "",
-        _md(wide.reset_index()),
-        "",
-        *sweep_edge_lines(sweep),
-    ]
-
-
-def sweep_edge_lines(sweep: pd.DataFrame) -> list[str]:
-    """The cells whose chosen rate is the highest or lowest one swept: the optimum may lie beyond the
-    sweep, so the cell may be under-tuned (a warning, not a verdict)."""
-    edges = []
-    for (fraction, method, recipe), g in sweep.groupby(["fraction", "method", "recipe"], sort=False):
-        tried = g[np.isfinite(g["val_bpb"].astype(float))]["lr"]
-        chosen = g[g["chosen"].astype(bool)]["lr"]
-        if len(tried) < 2 or not len(chosen):
-            continue
-        lr = float(chosen.iloc[0])
-        side = "highest" if lr == tried.max() else "lowest" if lr == tried.min() else None
-        if side:
-            edges.append(f"{method}/{recipe} at {fraction:g} ({side}, {lr:g})")
-    if not edges:
-        return []
-    return [
-        f"- **At the edge of the sweep**: {len(edges)} of {sweep.groupby(['fraction', 'method', 'recipe']).ngroups} "
-        f"cells chose the highest or lowest rate tried, so a rate beyond the sweep may do better and these "
-        f"cells may be under-tuned: {'; '.join(edges)}.",
-        "",
-    ]
-
-
-def ranking_lines(results: pd.DataFrame | None, best: str = PAPER_BEST) -> list[str]:
-    """Where ``best`` (DiJiang) ranks among the converted methods, per budget and recipe, by held-out
-    bits per byte, with Welch's t-test over seeds against each method that beats it or that it beats
-    next (two-sided; significant at ``ALPHA``)."""
-    lines = []
-    for (fraction, recipe), g, means in _mean_bpb_by(results, ["fraction", "recipe"], "method"):
-        if best not in means.index or len(means) < 2:
-            continue
-        rank = list(means.index).index(best) + 1
-        mine = g[g["method"] == best]["converted_bpb"].to_numpy()
-        parts = [
-            f"{other} {welch_difference(g[g['method'] == other]['converted_bpb'].to_numpy(), mine)}"
-            for other in means.index
-            if other != best
-        ]
-        lines.append(
-            f"- {best} ranks **{rank} of {len(means)}** at {fraction:g} with the {recipe} recipe "
-            f"(lower bpb is better; each method minus {best}: {'; '.join(parts)})."
-        )
-    return lines
-
-
-def _mean_bpb_by(
-    results: pd.DataFrame | None, keys: list[str], over: str
-) -> Iterator[tuple[tuple, pd.DataFrame, pd.Series]]:
-    """Per group of ``keys`` in the per-seed ``results`` (converted models only): its key, its rows
-    and the mean converted bits per byte of each ``over`` value, best first; nothing without seeds."""
-    if results is None or "seed" not in results.columns:
-        return
-    ok = results[results["converted_bpb"].notna()]
-    for key, g in ok.groupby(keys, sort=False):
-        yield key, g, g.groupby(over)["converted_bpb"].mean().sort_values()
-
-
-def welch_difference(theirs: np.ndarray, mine: np.ndarray) -> str:
-    """``mean(theirs) - mean(mine)`` in bits per byte with Welch's two-sided t-test over seeds
-    (significant at ``ALPHA``), or a note that one seed allows no test."""
-    diff = float(np.mean(theirs) - np.mean(mine))
-    if len(mine) < 2 or len(theirs) < 2:
-        return f"{diff:+.3f} (one seed: no test)"
-    from scipy.stats import ttest_ind
-
-    p = float(ttest_ind(theirs, mine, equal_var=False).pvalue)
-    return f"{diff:+.3f} bpb ({format_p(p)}, {'significant' if p <= ALPHA else 'not significant'})"
-
-
-def recipe_lines(results: pd.DataFrame | None) -> list[str]:
-    """Which recipe recovers the most, per method and budget, and whether it is significantly better:
-    each recipe's recovery (mean ± standard error over seeds), then the best recipe against each
-    other one on held-out bits per byte (Welch's t-test over seeds)."""
-    lines = []
-    for (method, fraction), g, means in _mean_bpb_by(results, ["method", "fraction"], "recipe"):
-        if len(means) < 2:
-            continue
-        rec = g.groupby("recipe")["recovery"].agg(["mean", "std", "count"])
-        scores = ", ".join(
-            f"{r} {rec.at[r, 'mean']:.3f} "
-            + (f"± {rec.at[r, 'std'] / np.sqrt(rec.at[r, 'count']):.3f}" if rec.at[r, "count"] > 1 else "(one seed)")
-            for r in means.index
-        )
-        best = means.index[0]
-        mine = g[g["recipe"] == best]["converted_bpb"].to_numpy()
-        parts = [
-            f"{other} {welch_difference(g[g['recipe'] == other]['converted_bpb'].to_numpy(), mine)}"
-            for other in means.index[1:]
-        ]
-        lines.append(
-            f"- Recipes for **{method} at {fraction:g}**: recovery (± standard error over seeds) {scores}; "
-            f"best {best}; each other recipe minus {best}: {'; '.join(parts)}."
-        )
-    return lines
-
-
 def hybrid_section(out: Path) -> list[str]:
     """The hybrid configurations and which of them are on the quality-speed Pareto front."""
-    table = _read(out / "table.csv")
+    table = read_table(out / "table.csv")
     if table is None:
         return ["(not run)"]
-    lines = [_md(table), ""]
+    lines = [md_table(table), ""]
     teacher = table[table["label"] == "teacher"]
     front = table[table["on_front"]]
     lines.append(f"- On the Pareto front: {', '.join(front['label'])}.")
@@ -923,19 +670,19 @@ def per_layer_lines(table: pd.DataFrame, speed: list[str]) -> list[str]:
 
 
 def generic_section(out: Path) -> list[str]:
-    table = _read(out / "table.csv")
+    table = read_table(out / "table.csv")
     if table is None:
-        table = _read(out / "results.csv")
+        table = read_table(out / "results.csv")
         if table is not None and len(table) > 40:
             return [f"(see `{(out / 'results.csv').name}`: {len(table)} rows)"]
-    return [_md(table), ""] if table is not None else ["(not run)"]
+    return [md_table(table), ""] if table is not None else ["(not run)"]
 
 
 # -- the report ---------------------------------------------------------------------------------------
 def _eval_notes(root: Path, names: list[str]) -> list[str]:
     """What the evaluation scored: items per task, documents skipped for the window, split notes —
     from the experiments' results.csv (the same for every model of a profile)."""
-    frames = [f for n in names if (f := _read(root / n / "results.csv")) is not None and "task" in f.columns]
+    frames = [f for n in names if (f := read_table(root / n / "results.csv")) is not None and "task" in f.columns]
     if not frames:
         return []
     rows = pd.concat(frames, ignore_index=True)
@@ -994,7 +741,7 @@ def _provenance(metas: dict[str, dict[str, Any]]) -> list[str]:
     return [
         "Each experiment's own commit (`+dirty`: uncommitted source changes when it ran) and code fingerprint:",
         "",
-        _md(frame),
+        md_table(frame),
         "",
     ]
 
@@ -1002,7 +749,7 @@ def _provenance(metas: dict[str, dict[str, Any]]) -> list[str]:
 def unshipped_teachers_line(out: Path, shipped: dict[str, str]) -> list[str]:
     """Which of a table's teachers were pretrained inside the profile (not shipped, so never checked
     for convergence), with their tokens."""
-    table = _read(out / "table.csv")
+    table = read_table(out / "table.csv")
     if table is None or not {"teacher", "method", "train_tokens"} <= set(table.columns):
         return []
     own = table[(table["method"] == "softmax") & ~table["teacher"].isin(list(shipped))]
@@ -1074,7 +821,7 @@ def teachers_section(shipped: dict[str, str], out: Path | None = None) -> list[s
             f"{meta['threshold']:.0%}; the curve's runs took {meta['curve_wall_time_s']:.0f} s of wall time on "
             f"the machine that made them (`{meta['retrain']}`).",
             "",
-            _md(
+            md_table(
                 curve.assign(
                     tokens=curve["tokens"].map("{:,}".format),
                     gain=curve["gain"].map(lambda g: "" if pd.isna(g) else f"{g:.1%}"),
@@ -1159,6 +906,8 @@ def write_report(
             lines += recovery_section(out)
         elif name == "recipes_controls":
             lines += controls_section(out)
+        elif name == "recipes_controls_wider_sweep":
+            lines += controls_section(out) + wider_sweep_lines(out, root / "recipes_controls")
         elif name.startswith("recipes_controls_extended"):
             lines += controls_section(out) + budget_trend_lines(out, root / "recipes_controls")
             extensions = [n for n in ordered if n.startswith("recipes_controls_extended")]

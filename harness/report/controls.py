@@ -1,0 +1,391 @@
+"""The report's sections on conversion recipes and their controls (the ``controls`` runner's output):
+does conversion beat training from scratch, which recipe recovers the most, where DiJiang ranks (with
+Welch's t-test over seeds), how recovery moves with the budget, experiments of one budget pooled,
+and whether the learning rates behind it all were swept wide enough.
+
+Recovery is ``(scratch - converted) / (scratch - teacher)`` in held-out bits per byte
+(:func:`harness.pipeline.runners.controls.recovery`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness.report.markdown import md_table, read_table, value_cell
+from harness.report.paper_numbers import PAPER_BEST
+from harness.report.stats import ALPHA, format_p
+
+#: "near-equal" in the paper's claim, as we test it: converted within this fraction of the teacher's bpb
+NEAR_EQUAL = 0.02
+#: bits per byte by which experiments' shared controls may differ and still be pooled. The same run
+#: repeats exactly on the same code and torch thread count; on another thread count it can move by more
+#: (RetNet at 1/64: 0.005, one thread against two), as much as the seed spread of some cells.
+POOL_TOLERANCE = 1e-3
+
+
+def controls_section(out: Path) -> list[str]:
+    """Recipes against their controls, and a verdict written from the numbers: does conversion beat
+    training from scratch, which recipe recovers the most, and is "near-equal at 1/16" reproduced."""
+    table = read_table(out / "table.csv")
+    if table is None:
+        return ["(not run)"]
+    lines = [md_table(table), ""]
+    ok = table[table["converted_bpb"].notna()]
+    for (method, fraction), g in ok.groupby(["method", "fraction"], sort=False):
+        # recovery is undefined where scratch on these tokens is as good as the teacher (at 1/1 it is the
+        # teacher's own budget): the best recipe is then the one with the lowest bits per byte
+        defined = g["recovery"].notna().any()
+        best = g.loc[g["recovery"].idxmax()] if defined else g.loc[g["converted_bpb"].idxmin()]
+        beats = ", ".join(
+            f"{r['recipe']} {'beats' if r['converted_bpb'] < r['scratch_bpb'] else 'does not beat'} scratch "
+            f"({r['converted_bpb']:.3f} vs {r['scratch_bpb']:.3f} bpb; "
+            + (
+                f"recovery {value_cell(r['recovery'], r.get('recovery sd'), 2)}, ± the SD over seeds)"
+                if pd.notna(r["recovery"])
+                else "recovery undefined)"
+            )
+            for _, r in g.iterrows()
+        )
+        gap = best.converted_bpb / best.teacher_bpb - 1
+        verdict = "reproduced" if gap <= NEAR_EQUAL else "not reproduced"
+        lines.append(
+            f"- **{method} at {fraction:g} of the teacher's tokens**: {beats}. "
+            + (
+                f"Most recovered: {best.recipe}. "
+                if defined
+                else f"Recovery undefined (scratch is no worse than the teacher here); lowest bpb: {best.recipe}. "
+            )
+            + f"Best converted model {best.converted_bpb:.3f} bpb against the teacher's {best.teacher_bpb:.3f} "
+            f'({gap:+.1%}); "near-equal" (within {NEAR_EQUAL:.0%}) is **{verdict}**.'
+        )
+    skipped = table[table["converted_bpb"].isna()]
+    for r in skipped.itertuples():
+        lines.append(f"- {r.method} / {r.recipe}: not applicable (no parameters of its own to transfer).")
+    results = read_table(out / "results.csv")
+    lines += ranking_lines(results) + recipe_lines(results)
+    lines += [""] + lr_sweep_lines(out)
+    if "seeds" in table.columns and (table["seeds"] < 2).any():
+        lines.append("- Rows with one seed carry no uncertainty on the recovery score (± is the spread over seeds).")
+    return lines + [""]
+
+
+def budget_trend_lines(out: Path, base: Path) -> list[str]:
+    """An extension's budgets beside its base experiment's (``recipes_controls``), one line per method
+    and recipe that both ran: the recovery and converted bits per byte at every budget, the smallest
+    first (± the SD over seeds where there are several; the teacher is the same)."""
+    ext, main = read_table(out / "table.csv"), read_table(base / "table.csv")
+    if ext is None or main is None:
+        return []
+    both = pd.concat([main, ext]).dropna(subset=["converted_bpb"])
+    lines = []
+    for method, recipe in ext[["method", "recipe"]].drop_duplicates().itertuples(index=False):
+        g = both[(both["method"] == method) & (both["recipe"] == recipe)].sort_values("fraction")
+        if g["fraction"].nunique() < 2:
+            continue
+        points = ", ".join(
+            f"{value_cell(r['recovery'], r.get('recovery sd'), 2)} ({r['converted_bpb']:.3f} bpb) at {r['fraction']:g}"
+            for _, r in g.iterrows()
+        )
+        lines.append(
+            f"- **{method} / {recipe} across budgets** (with `{base.name}`): recovery {points}; "
+            f"the teacher is at {g['teacher_bpb'].iloc[0]:.3f} bpb."
+        )
+    return lines + [""] if lines else []
+
+
+#: the controls that experiments converting one teacher at one budget share, and the keys they are shared on
+SHARED_CONTROLS: tuple[tuple[list[str], list[str]], ...] = (
+    (["fraction", "seed"], ["teacher_bpb", "noop_bpb"]),  # the teacher, and the teacher fine-tuned (no-op)
+    (["method", "fraction", "seed"], ["scratch_bpb"]),  # the same architecture trained from scratch
+)
+
+
+def pooled_extension_lines(outs: list[Path], best: str = PAPER_BEST) -> list[str]:
+    """Experiments that convert the same teacher at the same budget for different methods or recipes
+    (the ``recipes_controls_extended*``), pooled: where ``best`` ranks among all their methods
+    (:func:`ranking_lines`) and which recipe recovers the most (:func:`recipe_lines`). First a check
+    that they share their data: the controls that several of them ran (the teacher, the no-op control
+    per budget and seed, the from-scratch control per method, budget and seed: the same runs) must
+    agree in bits per byte; where any does not, nothing is pooled."""
+    frames = {out.name: f for out in outs if (f := read_table(out / "results.csv")) is not None}
+    if len(frames) < 2:
+        return []
+    names = ", ".join(f"`{name}`" for name in frames)
+    pooled = pd.concat(frames.values(), keys=list(frames), names=["experiment", None]).reset_index(level=0)
+    gap, checked = 0.0, 0
+    for keys, columns in SHARED_CONTROLS:
+        runs = pooled.drop_duplicates(["experiment", *keys])
+        by = runs.groupby(keys)
+        shared = by["experiment"].nunique() > 1
+        if shared.any():
+            spread = (by[columns].max() - by[columns].min())[shared]
+            gap, checked = max(gap, float(spread.to_numpy().max())), checked + int(shared.sum()) * len(columns)
+    if not checked:
+        return [f"- {names} share no control: nothing to pool.", ""]
+    if gap > POOL_TOLERANCE:
+        return [
+            f"- {names} disagree on a shared control by {gap:.3f} bits per byte: they did not run on the same "
+            "data and rates, so they are not pooled.",
+            "",
+        ]
+    pooled = pooled.drop_duplicates(["method", "recipe", "fraction", "seed"])
+    return [
+        f"- **Pooled**: {names} share their teacher and data: the {checked} controls that more than one of them "
+        f"ran (teacher, no-op and from-scratch bits per byte, per budget and seed) agree to {gap:.1e} bits per byte.",
+        *ranking_lines(pooled, best),
+        *recipe_lines(pooled),
+        "",
+    ]
+
+
+def lr_sweep_lines(out: Path) -> list[str]:
+    """The learning-rate sweep behind the controls: validation bits per byte per rate, chosen in bold."""
+    sweep = read_table(out / "lr_sweep.csv")
+    if sweep is None or not len(sweep):
+        return []
+    cells = sweep.assign(
+        cell=[f"**{v:.3f}**" if c else f"{v:.3f}" for v, c in zip(sweep["val_bpb"], sweep["chosen"].astype(bool))]
+    )
+    wide = cells.pivot_table(
+        index=["fraction", "method", "recipe"], columns="lr", values="cell", aggfunc="first", sort=False
+    )
+    wide = wide[sorted(wide.columns)]
+    wide.columns = [f"lr {c:g}" for c in wide.columns]
+    return [
+        "Learning-rate sweep (validation-split bits per byte on the first seed; the chosen rate in bold):",
+        "",
+        md_table(wide.reset_index()),
+        "",
+        *sweep_edge_lines(sweep),
+    ]
+
+
+def sweep_edge_lines(sweep: pd.DataFrame) -> list[str]:
+    """The cells whose chosen rate is the highest or lowest one swept: the optimum may lie beyond the
+    sweep, so the cell may be under-tuned (a warning, not a verdict)."""
+    edges = []
+    for (fraction, method, recipe), g in sweep.groupby(["fraction", "method", "recipe"], sort=False):
+        tried = g[np.isfinite(g["val_bpb"].astype(float))]["lr"]
+        chosen = g[g["chosen"].astype(bool)]["lr"]
+        if len(tried) < 2 or not len(chosen):
+            continue
+        lr = float(chosen.iloc[0])
+        side = "highest" if lr == tried.max() else "lowest" if lr == tried.min() else None
+        if side:
+            edges.append(f"{method}/{recipe} at {fraction:g} ({side}, {lr:g})")
+    if not edges:
+        return []
+    return [
+        f"- **At the edge of the sweep**: {len(edges)} of {sweep.groupby(['fraction', 'method', 'recipe']).ngroups} "
+        f"cells chose the highest or lowest rate tried, so a rate beyond the sweep may do better and these "
+        f"cells may be under-tuned: {'; '.join(edges)}.",
+        "",
+    ]
+
+
+def ranking_lines(results: pd.DataFrame | None, best: str = PAPER_BEST) -> list[str]:
+    """Where ``best`` (DiJiang) ranks among the converted methods, per budget and recipe, by held-out
+    bits per byte, with Welch's t-test over seeds against each method that beats it or that it beats
+    next (two-sided; significant at ``ALPHA``)."""
+    lines = []
+    for (fraction, recipe), g, means in _mean_bpb_by(results, ["fraction", "recipe"], "method"):
+        if best not in means.index or len(means) < 2:
+            continue
+        rank = list(means.index).index(best) + 1
+        mine = g[g["method"] == best]["converted_bpb"].to_numpy()
+        parts = [
+            f"{other} {welch_difference(g[g['method'] == other]['converted_bpb'].to_numpy(), mine)}"
+            for other in means.index
+            if other != best
+        ]
+        lines.append(
+            f"- {best} ranks **{rank} of {len(means)}** at {fraction:g} with the {recipe} recipe "
+            f"(lower bpb is better; each method minus {best}: {'; '.join(parts)})."
+        )
+    return lines
+
+
+def _mean_bpb_by(
+    results: pd.DataFrame | None, keys: list[str], over: str
+) -> Iterator[tuple[tuple, pd.DataFrame, pd.Series]]:
+    """Per group of ``keys`` in the per-seed ``results`` (converted models only): its key, its rows
+    and the mean converted bits per byte of each ``over`` value, best first; nothing without seeds."""
+    if results is None or "seed" not in results.columns:
+        return
+    ok = results[results["converted_bpb"].notna()]
+    for key, g in ok.groupby(keys, sort=False):
+        yield key, g, g.groupby(over)["converted_bpb"].mean().sort_values()
+
+
+def welch_difference(theirs: np.ndarray, mine: np.ndarray) -> str:
+    """``mean(theirs) - mean(mine)`` in bits per byte with Welch's two-sided t-test over seeds
+    (significant at ``ALPHA``), or a note that one seed allows no test."""
+    diff = float(np.mean(theirs) - np.mean(mine))
+    if len(mine) < 2 or len(theirs) < 2:
+        return f"{diff:+.3f} (one seed: no test)"
+    from scipy.stats import ttest_ind
+
+    p = float(ttest_ind(theirs, mine, equal_var=False).pvalue)
+    return f"{diff:+.3f} bpb ({format_p(p)}, {'significant' if p <= ALPHA else 'not significant'})"
+
+
+def recipe_lines(results: pd.DataFrame | None) -> list[str]:
+    """Which recipe recovers the most, per method and budget, and whether it is significantly better:
+    each recipe's recovery (mean ± standard error over seeds), then the best recipe against each
+    other one on held-out bits per byte (Welch's t-test over seeds)."""
+    lines = []
+    for (method, fraction), g, means in _mean_bpb_by(results, ["method", "fraction"], "recipe"):
+        if len(means) < 2:
+            continue
+        rec = g.groupby("recipe")["recovery"].agg(["mean", "std", "count"])
+        scores = ", ".join(
+            f"{r} {rec.at[r, 'mean']:.3f} "
+            + (f"± {rec.at[r, 'std'] / np.sqrt(rec.at[r, 'count']):.3f}" if rec.at[r, "count"] > 1 else "(one seed)")
+            for r in means.index
+        )
+        best = means.index[0]
+        mine = g[g["recipe"] == best]["converted_bpb"].to_numpy()
+        parts = [
+            f"{other} {welch_difference(g[g['recipe'] == other]['converted_bpb'].to_numpy(), mine)}"
+            for other in means.index[1:]
+        ]
+        lines.append(
+            f"- Recipes for **{method} at {fraction:g}**: recovery (± standard error over seeds) {scores}; "
+            f"best {best}; each other recipe minus {best}: {'; '.join(parts)}."
+        )
+    return lines
+
+
+def wider_sweep_lines(out: Path, base: Path, best: str = PAPER_BEST) -> list[str]:
+    """A wider learning-rate sweep (``out``, e.g. ``recipes_controls_wider_sweep``) beside the sweep it
+    widens (``base``, ``recipes_controls``), at the budgets both ran:
+
+    * the sweep points both tried must reproduce (the same training runs, repeated): their validation
+      bits per byte agree within :data:`POOL_TOLERANCE`, or nothing is compared;
+    * per cell (method x recipe, the from-scratch and no-op controls included): the rate each sweep
+      chose and its validation bits per byte;
+    * per converted cell: held-out converted and from-scratch bits per byte and recovery under both
+      rate choices, the converted difference with Welch's test over seeds;
+    * whether the conclusions hold: ``best``'s rank per recipe, each method's best recipe, and how many
+      conversions beat scratch."""
+    sweeps = read_table(out / "lr_sweep.csv"), read_table(base / "lr_sweep.csv")
+    results = read_table(out / "results.csv"), read_table(base / "results.csv")
+    if any(f is None for f in (*sweeps, *results)):
+        return []
+    wide, narrow = sweeps
+    common = wide.merge(narrow, on=["method", "recipe", "fraction", "lr"], suffixes=(" wider", " base"))
+    finite = common[np.isfinite(common["val_bpb wider"]) & np.isfinite(common["val_bpb base"])]
+    if not len(finite):
+        return [f"- No sweep point in common with `{base.name}`: nothing to compare.", ""]
+    gap = float((finite["val_bpb wider"] - finite["val_bpb base"]).abs().max())
+    if gap > POOL_TOLERANCE:
+        return [
+            f"- The sweep points both tried disagree with `{base.name}` by up to {gap:.3f} validation bits per "
+            "byte: they are not the same runs (other data, code or thread count), so nothing is compared.",
+            "",
+        ]
+    lines = [
+        f"**Beside `{base.name}`** (the sweep this one widens). The {len(finite)} sweep points both tried "
+        f"reproduce: their validation bits per byte agree to {gap:.1e}.",
+        "",
+        *_rate_lines(wide, narrow),
+    ]
+    wide_res, base_res = (
+        r[r["fraction"].isin(set(results[0]["fraction"]) & set(results[1]["fraction"]))] for r in results
+    )
+    lines += _outcome_lines(wide_res, base_res, best)
+    return lines + [""]
+
+
+def _rate_lines(wide: pd.DataFrame, narrow: pd.DataFrame) -> list[str]:
+    """Each cell's chosen rate and validation bits per byte under both sweeps, and which moved."""
+
+    def chosen(sweep: pd.DataFrame) -> pd.DataFrame:
+        return sweep[sweep["chosen"].astype(bool)].set_index(["method", "recipe", "fraction"])[["lr", "val_bpb"]]
+
+    rates = chosen(narrow).join(chosen(wide), lsuffix=" base", rsuffix=" wider", how="inner").reset_index()
+    moved = rates[rates["lr base"] != rates["lr wider"]]
+    listed = "; ".join(
+        f"{r['method']}/{r['recipe']} {r['lr base']:g} → {r['lr wider']:g} "
+        f"({r['val_bpb base']:.3f} → {r['val_bpb wider']:.3f}, {r['val_bpb wider'] - r['val_bpb base']:+.3f})"
+        for _, r in moved.iterrows()
+    )
+    return [
+        md_table(rates.rename(columns={"val_bpb base": "val bpb base", "val_bpb wider": "val bpb wider"})),
+        "",
+        f"- **Rates**: {len(moved)} of {len(rates)} cells chose another rate in the wider sweep"
+        + (f" (validation bits per byte at the sweep budget): {listed}." if len(moved) else "."),
+    ]
+
+
+def _outcome_lines(wide: pd.DataFrame, narrow: pd.DataFrame, best: str) -> list[str]:
+    """Held-out converted and from-scratch bits per byte and recovery per converted cell under both
+    rate choices, and whether the conclusions drawn from them hold."""
+    keys = ["method", "recipe", "fraction"]
+    ok_w, ok_n = wide[wide["converted_bpb"].notna()], narrow[narrow["converted_bpb"].notna()]
+    rows = []
+    for key, w in ok_w.groupby(keys, sort=False):
+        n = ok_n[(ok_n[keys] == pd.Series(key, index=keys)).all(axis=1)]
+        if not len(n):
+            continue
+        rows.append(
+            {
+                **dict(zip(keys, key)),
+                "converted base": n["converted_bpb"].mean(),
+                "converted wider": w["converted_bpb"].mean(),
+                "wider − base": welch_difference(w["converted_bpb"].to_numpy(), n["converted_bpb"].to_numpy()),
+                "scratch base": n["scratch_bpb"].mean(),
+                "scratch wider": w["scratch_bpb"].mean(),
+                "recovery base": _mean_se(n["recovery"]),
+                "recovery wider": _mean_se(w["recovery"]),
+            }
+        )
+    if not rows:
+        return []
+    table = pd.DataFrame(rows)
+    lines = ["", md_table(table), ""]
+    for label, a in (("base", ok_n), ("wider", ok_w)):
+        beats = (a["converted_bpb"] < a["scratch_bpb"]).groupby([a[k] for k in keys]).all()
+        lines.append(f"- With the {label} sweep's rates, {int(beats.sum())} of {len(beats)} conversions beat scratch.")
+    for what, group, over in (
+        ("rank of " + best, ["fraction", "recipe"], "method"),
+        ("best recipe", ["method", "fraction"], "recipe"),
+    ):
+        before, after = _orders(ok_n, group, over), _orders(ok_w, group, over)
+        changed = {
+            k: f"{_summary(before[k], over, best)} → {_summary(after[k], over, best)}"
+            for k in after
+            if k in before and _summary(before[k], over, best) != _summary(after[k], over, best)
+        }
+        where = "; ".join(f"{' '.join(str(x) for x in k)}: {v}" for k, v in changed.items())
+        lines.append(
+            f"- **{what.capitalize()}**: " + (f"changed in {where}." if changed else "unchanged in every group.")
+        )
+    return lines
+
+
+def _mean_se(values: pd.Series) -> str:
+    """Mean ± standard error over seeds (the mean alone for one seed)."""
+    v = values.dropna().to_numpy()
+    return (
+        value_cell(float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None, 2) if len(v) else ""
+    )
+
+
+def _orders(results: pd.DataFrame, group: list[str], over: str) -> dict[tuple, list[str]]:
+    """Per group, the ``over`` values ordered by mean converted bits per byte, best first."""
+    return {
+        k if isinstance(k, tuple) else (k,): list(g.groupby(over)["converted_bpb"].mean().sort_values().index)
+        for k, g in results.groupby(group, sort=False)
+    }
+
+
+def _summary(order: list[str], over: str, best: str) -> str:
+    """A ranking summarized: ``best``'s rank among methods, or the best recipe."""
+    if over == "method":
+        return f"{order.index(best) + 1} of {len(order)}" if best in order else "not ranked"
+    return order[0]
