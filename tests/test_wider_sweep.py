@@ -15,7 +15,10 @@ SCRATCH = {"dijiang": 3.3, "retnet": 3.2}
 
 
 def experiment(
-    folder: Path, sweep: dict[tuple[str, str], dict[float, float]], converted: dict[tuple[str, str], list[float]]
+    folder: Path,
+    sweep: dict[tuple[str, str], dict[float, float]],
+    converted: dict[tuple[str, str], list[float]],
+    noop: tuple[float, ...] = (1.16, 1.17),
 ) -> Path:
     """An experiment folder: ``lr_sweep.csv`` (the lowest validation bpb chosen per cell) and the
     per-seed ``results.csv`` at 1/64."""
@@ -36,6 +39,7 @@ def experiment(
             scratch_bpb=SCRATCH[m],
             teacher_bpb=1.2,
             recovery=(SCRATCH[m] - v) / (SCRATCH[m] - 1.2),
+            noop_bpb=noop[s],
         )
         for (m, r), vals in converted.items()
         for s, v in enumerate(vals)
@@ -59,7 +63,7 @@ def test_a_wider_sweep_names_the_cells_whose_rate_moved_and_what_changed(tmp_pat
     wider_sweep[("retnet", "paper")][1.2e-2] = 3.50
     wider_sweep[("dijiang", "transfer")][1.2e-2] = 3.35
     converted = {**BASE, ("dijiang", "paper"): [2.40, 2.42]}  # dijiang/paper now beats retnet and transfer
-    wider = experiment(tmp_path / "wider", wider_sweep, converted)
+    wider = experiment(tmp_path / "wider", wider_sweep, converted, noop=(1.15, 1.16))
     text = "\n".join(wider_sweep_lines(wider, base))
     assert "The 6 sweep points both tried reproduce" in text and "agree to 0.0e+00" in text
     assert "1 of 3 cells chose another rate" in text and "dijiang/paper 0.006 → 0.012 (3.400 → 3.300, -0.100)" in text
@@ -67,6 +71,7 @@ def test_a_wider_sweep_names_the_cells_whose_rate_moved_and_what_changed(tmp_pat
     assert "Rank of dijiang**: changed in 0.015625 paper: 2 of 2 → 1 of 2." in text
     assert "Best recipe**: changed in dijiang 0.015625: transfer → paper." in text
     assert "the base sweep's rates, 3 of 3 conversions beat scratch" in text
+    assert "**No-op control at 0.015625**: 1.1650 → 1.1550 held-out bits per byte (wider minus base -0.010 bpb" in text
 
 
 def test_an_unchanged_sweep_says_so_and_other_runs_are_not_compared(tmp_path):

@@ -297,8 +297,26 @@ def wider_sweep_lines(out: Path, base: Path, best: str = PAPER_BEST) -> list[str
     wide_res, base_res = (
         r[r["fraction"].isin(set(results[0]["fraction"]) & set(results[1]["fraction"]))] for r in results
     )
-    lines += _outcome_lines(wide_res, base_res, best)
+    lines += _outcome_lines(wide_res, base_res, best) + _noop_lines(wide_res, base_res)
     return lines + [""]
+
+
+def _noop_lines(wide: pd.DataFrame, narrow: pd.DataFrame) -> list[str]:
+    """The no-op control (the teacher fine-tuned on the same tokens) per budget under both rate
+    choices, in held-out bits per byte (mean over seeds; wider minus base with Welch's test)."""
+    if "noop_bpb" not in wide.columns or "noop_bpb" not in narrow.columns:
+        return []
+    lines = []
+    for fraction, w in wide.drop_duplicates(["fraction", "seed"]).groupby("fraction"):
+        n = narrow.drop_duplicates(["fraction", "seed"])
+        n = n[n["fraction"] == fraction]
+        if len(n) and w["noop_bpb"].notna().any():
+            before, after = n["noop_bpb"].to_numpy(), w["noop_bpb"].to_numpy()
+            lines.append(
+                f"- **No-op control at {fraction:g}**: {before.mean():.4f} → {after.mean():.4f} held-out bits per "
+                f"byte (wider minus base {welch_difference(after, before)})."
+            )
+    return lines
 
 
 def _rate_lines(wide: pd.DataFrame, narrow: pd.DataFrame) -> list[str]:
