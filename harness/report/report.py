@@ -72,6 +72,7 @@ SECTIONS: tuple[str, ...] = (
     "recipes_controls_extended_baselines",
     "recipes_controls_extended_transfer",
     "recipes_controls_extended_distill",
+    "recipes_controls_extended_baselines_distill",
     "hybrid_pareto",
     "mqar",
 )
