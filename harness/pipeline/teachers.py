@@ -30,7 +30,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness.pipeline.shipped import sha256_file
+from harness.pipeline.shipped import sha256_file, verify
 from harness.pipeline.spec import Profile, Teacher
 from harness.pipeline.stages import Context, Run, run_training, teacher_config
 from harness.util.errors import UserError
@@ -116,16 +116,15 @@ def retrain_command(profile: str, teacher: str, start_tokens: int, max_doublings
 def extend(ctx: Context, t: Teacher, seed: int = 0) -> CurvePoint:
     """Add the next doubling to the shipped teacher's curve: train ``t``'s shape on twice the curve's
     largest budget and append the point to its ``teacher.json`` and ``curve.csv`` (atomically). The
-    shipped weights and budget do not change (their sha256 is checked first); ``retrain`` then names
-    the longer curve. Measures whether a teacher shipped below convergence for cost is converging."""
+    shipped weights and budget do not change (:func:`~harness.pipeline.shipped.verify` checks them
+    first); ``retrain`` then names the longer curve. Measures whether a teacher shipped below
+    convergence for cost is converging."""
     if not t.shipped:
         raise UserError(
             f"teacher {t.name!r} names no shipped directory (`shipped:` in the profile); nothing to extend."
         )
-    folder = REPO_ROOT / str(t.shipped)
+    folder = verify(t)  # the weights' sha256, the shape and the tokens the profile declares
     meta = json.loads((folder / "teacher.json").read_text())
-    if sha256_file(folder / "model.safetensors") != meta["sha256"]:
-        raise UserError(f"teacher {t.name!r}: {folder}/model.safetensors does not match its sha256 in teacher.json.")
     curve = [CurvePoint(**p) for p in meta["curve"]]
     point, _ = train_point(ctx, t, 2 * curve[-1].tokens, curve[-1].val_bpb, seed)
     curve.append(point)
