@@ -30,8 +30,8 @@ from harness.training import fingerprint
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 REFERENCE = ROOT / "results" / "smoke"
-#: the committed smoke reference must stay small (tables, metadata, REPORT.md)
-REFERENCE_BUDGET_BYTES = 400_000
+#: the committed smoke reference must stay small (tables, metadata, REPORT.md: ~10 KB per experiment; no weights)
+REFERENCE_BUDGET_BYTES = 500_000
 #: differences this small between the smoke reference and a fresh run are floating-point noise
 FLOAT_NOISE = 1e-5
 

@@ -142,6 +142,39 @@ def test_extending_a_shipped_curve_appends_the_next_doubling_and_keeps_the_weigh
     assert trained == [16000]
 
 
+def test_a_curve_point_ships_as_a_teacher_of_its_own(tmp_path, curve_of):
+    """``teachers --ship-point T`` ships the shipped curve's point of T (its run reused or retrained) as
+    ``<name>-<T>m-v1`` with the whole curve, called converged only when the doubling after it gained
+    less than the threshold; a budget off the curve is refused before anything trains."""
+    ctx, install = curve_of
+    profile = load_profile("tiny")
+    base = profile.teacher("tiny-m")
+    mi = 1 << 20
+    curve = [
+        teachers.CurvePoint(mi, 2.5, None, 1.0, "x"),
+        teachers.CurvePoint(2 * mi, 2.3, 0.08, 2.0, "y"),
+        teachers.CurvePoint(4 * mi, 2.28, 0.0087, 4.0, "z"),
+    ]
+    t = Teacher(name=base.name, tokens=mi, shape=dict(base.shape))
+    dest = teachers.ship(profile, t, fake_run(mi, 2.5, tmp_path / "run"), curve, False, root=tmp_path / "teachers")
+    t = Teacher(name=t.name, tokens=mi, shape=dict(t.shape), shipped=str(dest))
+    trained = install({2 * mi: 2.3, 4 * mi: 2.28})
+    with pytest.raises(UserError, match="not on tiny-m's curve"):
+        teachers.ship_point(ctx, t, 3 * mi, root=tmp_path / "teachers")
+    assert trained == []
+    two = teachers.ship_point(ctx, t, 2 * mi, root=tmp_path / "teachers")
+    four = teachers.ship_point(ctx, t, 4 * mi, root=tmp_path / "teachers")
+    assert trained == [2 * mi, 4 * mi]
+    assert (two.name, four.name) == ("tiny-m-2m-v1", "tiny-m-4m-v1")
+    meta2, meta4 = (json.loads((d / "teacher.json").read_text()) for d in (two, four))
+    assert meta2["tokens"] == 2 * mi and meta2["converged"]  # the doubling after it gained 0.87 %
+    assert meta4["tokens"] == 4 * mi and not meta4["converged"]  # nothing after it yet
+    assert meta2["name"] == "tiny-m-2m" and [p["tokens"] for p in meta2["curve"]] == [mi, 2 * mi, 4 * mi]
+    assert meta2["retrain"].endswith("--max-doublings 2 --ship-tokens 2097152")
+    assert (two / "model.safetensors").read_bytes() == f"weights {2 * mi}".encode()
+    assert shipped.verify(Teacher(name="tiny-m", tokens=2 * mi, shape=dict(base.shape), shipped=str(two))) == two
+
+
 def test_stages_convert_the_shipped_teacher_instead_of_training_one(tmp_path, monkeypatch):
     t, dest = shipped_teacher(tmp_path)
     monkeypatch.setattr(stages, "run_training", lambda *a, **k: pytest.fail("a shipped teacher was retrained"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from harness.pipeline.spec import load_profile
 from harness.pipeline.stages import RUNS_DIR, Context
-from harness.pipeline.teachers import THRESHOLD, chosen, converge, extend, retrain_command, ship
+from harness.pipeline.teachers import THRESHOLD, chosen, converge, extend, retrain_command, ship, ship_point
 from harness.util.errors import UserError
 from harness.util.provenance import REPO_ROOT
 
@@ -34,6 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="train the next doubling of the shipped teacher's curve and add it to its teacher.json and curve.csv "
         "(the shipped weights and budget stay)",
     )
+    parser.add_argument(
+        "--ship-point",
+        type=float,
+        default=None,
+        metavar="TOKENS",
+        help="ship the shipped teacher's curve point of TOKENS as a teacher of its own (<name>-<T>m-vN), "
+        "reusing its run from --runs-dir or retraining it",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -51,6 +59,10 @@ def main(args: argparse.Namespace) -> int:
             f"(doubling gained {100 * (p.gain or 0):.1f} %; the threshold is {100 * THRESHOLD:g} %)"
         )
         print(f"added to {t.shipped}/teacher.json and curve.csv")
+        return 0
+    if args.ship_point:
+        dest = ship_point(ctx, t, int(args.ship_point))
+        print(f"shipped {int(args.ship_point):,d} tokens of {t.name}'s curve: {dest.relative_to(REPO_ROOT)}")
         return 0
     curve, runs, converged = converge(
         ctx, t, start_tokens=int(args.start_tokens), threshold=args.threshold, max_doublings=args.max_doublings

@@ -138,6 +138,31 @@ def extend(ctx: Context, t: Teacher, seed: int = 0) -> CurvePoint:
     return point
 
 
+def ship_point(ctx: Context, t: Teacher, tokens: int, seed: int = 0, root: Path = TEACHERS_DIR) -> Path:
+    """Ship the shipped teacher's curve point of ``tokens`` as a teacher of its own,
+    ``<profile>/<name>-<tokens in Mi>m-v<N>`` (e.g. ``tiny-m-64m-v1``): a more trained teacher of the same
+    shape, to measure whether a conversion's gap depends on how far its teacher trained. The point's run
+    is reused, or resumed or retrained when this machine lacks it (:func:`train_point`); its curve is the
+    shipped teacher's, and it is called converged when the doubling after it gained less than the
+    threshold (the rule of :func:`chosen`)."""
+    if not t.shipped:
+        raise UserError(f"teacher {t.name!r} names no shipped directory (`shipped:` in the profile); it has no curve.")
+    meta = json.loads((verify(t) / "teacher.json").read_text())
+    curve = [CurvePoint(**p) for p in meta["curve"]]
+    at = [i for i, p in enumerate(curve) if p.tokens == int(tokens)]
+    if not at:
+        raise UserError(
+            f"--ship-point {int(tokens)} is not on {t.name}'s curve ({', '.join(str(p.tokens) for p in curve)})."
+        )
+    i = at[0]
+    _, run = train_point(ctx, t, int(tokens), curve[i - 1].val_bpb if i else None, seed)
+    after = curve[i + 1].gain if i + 1 < len(curve) else None
+    converged = after is not None and after < meta["threshold"]
+    name = f"{t.name}-{int(tokens) >> 20}m"
+    retrain = retrain_command(ctx.profile.name, t.name, curve[0].tokens, len(curve) - 1, int(tokens))
+    return ship(ctx.profile, t, run, curve, converged, root=root, retrain=retrain, name=name)
+
+
 def chosen(runs: list[Run], converged: bool, tokens: int | None = None) -> Run:
     """The run to ship: the one of ``tokens`` when given (a budget chosen for cost, e.g. a profile's
     time limit; it must be on the curve); else, converged, the budget before the first doubling under
@@ -177,19 +202,21 @@ def ship(
     converged: bool,
     root: Path = TEACHERS_DIR,
     retrain: str = "",
+    name: str | None = None,
 ) -> Path:
-    """Copy ``run``'s model to a new version directory under ``root/<profile>/`` with its metadata."""
-    dest = next_version(root / profile.name, t.name)
+    """Copy ``run``'s model to a new version directory under ``root/<profile>/`` (named ``name``, default
+    the teacher's) with its metadata."""
+    dest = next_version(root / profile.name, name or t.name)
     tmp = dest.with_name(dest.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    for name in MODEL_FILES:
-        if (run.model_dir / name).is_file():
-            shutil.copy2(run.model_dir / name, tmp / name)
+    for file in MODEL_FILES:
+        if (run.model_dir / file).is_file():
+            shutil.copy2(run.model_dir / file, tmp / file)
     summary = run.result.summary
     meta = {
-        "name": t.name,
+        "name": name or t.name,
         "profile": profile.name,
         "shape": dict(t.shape),
         "tokens": run.tokens,
