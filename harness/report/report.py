@@ -44,6 +44,7 @@ from harness.report.stats import (
     score,
 )
 from harness.report.tables import task_columns
+from harness.report.teacher_training import trained_teacher_lines
 from harness.util.io import atomic_write_text
 
 PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
@@ -73,6 +74,7 @@ SECTIONS: tuple[str, ...] = (
     "recipes_controls_extended_transfer",
     "recipes_controls_extended_distill",
     "recipes_controls_extended_baselines_distill",
+    "recipes_controls_trained_teacher",
     "hybrid_pareto",
     "mqar",
 )
@@ -914,6 +916,9 @@ def write_report(
             extensions = [n for n in ordered if n.startswith("recipes_controls_extended")]
             if name == extensions[-1]:  # once, after the last of them
                 lines += pooled_extension_lines([root / n for n in extensions])
+        elif name == "recipes_controls_trained_teacher":  # beside the grid's teacher at the same tokens
+            grid = sorted((root.parent / "grid").glob("recipes_controls_extended*"))
+            lines += controls_section(out) + trained_teacher_lines(out, grid)
         elif name == "hybrid_pareto":
             lines += hybrid_section(out)
         else:

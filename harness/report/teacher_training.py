@@ -1,0 +1,132 @@
+"""The report's section on the teacher's training as a control: does a conversion's gap depend on how
+far its teacher trained?
+
+The paper converts Pythia's finished checkpoints (Sec. 4, Table 1); the grid's teacher is shipped
+below convergence (16M tokens). ``recipes_controls_trained_teacher`` (profile ``grid-64m``) converts
+the same shape trained on 64M tokens at 1/16 of them: 4M tokens per run, the tokens of the grid's 1/4
+budget (``recipes_controls_extended*``). :func:`trained_teacher_lines` sets the two side by side, cell
+by cell (method, recipe, seed): converted bits per byte, the gap to each one's own teacher, and
+recovery ``(scratch - converted) / (scratch - teacher)``, each difference with Welch's t-test over
+seeds. First it checks that both converted on the same data: the from-scratch controls (which train
+no teacher, so are the same runs) must agree, or nothing is compared.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import ttest_ind
+
+from harness.report.controls import POOL_TOLERANCE, welch_difference
+from harness.report.markdown import md_table, read_table, value_cell
+from harness.report.stats import ALPHA, format_p
+
+#: a cell is matched on these columns across the two teachers (the budget fractions differ: 1/4 of
+#: 16M tokens and 1/16 of 64M are the same tokens)
+CELL = ["method", "recipe", "seed", "tokens"]
+
+
+def _pooled(outs: list[Path]) -> pd.DataFrame | None:
+    """The per-seed results of several experiments of one teacher, one row per cell."""
+    frames = [f for out in outs if (f := read_table(out / "results.csv")) is not None]
+    if not frames:
+        return None
+    return pd.concat(frames).drop_duplicates(CELL)
+
+
+def _relative_gap(frame: pd.DataFrame) -> pd.Series:
+    """Each converted model's bits per byte over its own teacher's, minus 1."""
+    return frame["converted_bpb"] / frame["teacher_bpb"] - 1
+
+
+def trained_teacher_lines(out: Path, base_outs: list[Path]) -> list[str]:
+    """This experiment's conversions (a more trained teacher) beside ``base_outs``' at the same tokens
+    (the grid's teacher): the shared-controls check, the two teachers, a table per cell and, per
+    method and recipe, whether the better teacher gives a better converted model and a smaller gap."""
+    mine, base = read_table(out / "results.csv"), _pooled(base_outs)
+    if mine is None or base is None:
+        return []
+    base = base[base["tokens"].isin(mine["tokens"].unique())]
+    shared = mine.drop_duplicates(["method", "seed", "tokens"]).merge(
+        base.drop_duplicates(["method", "seed", "tokens"]), on=["method", "seed", "tokens"], suffixes=("", "_base")
+    )
+    if shared.empty:
+        return [
+            "- No conversion of the grid's teacher (`results/grid`) ran at these tokens: nothing to compare the "
+            "teachers on.",
+            "",
+        ]
+    spread = float((shared["scratch_bpb"] - shared["scratch_bpb_base"]).abs().max())
+    if not spread <= POOL_TOLERANCE:
+        return [
+            f"- The from-scratch controls of the two teachers' conversions differ by up to {spread:.3f} bits per "
+            "byte: they did not train on the same data, so the teachers are not compared.",
+            "",
+        ]
+    t_base, t_mine = float(base["teacher_bpb"].iloc[0]), float(mine["teacher_bpb"].iloc[0])
+    tokens = int(mine["tokens"].iloc[0])
+    lines = [
+        f"**Against the grid's teacher at the same {tokens:,d} tokens** (the grid's 1/4; here 1/16). The "
+        f"{len(shared)} from-scratch controls both ran (method, seed) agree to {spread:.1e} bits per byte, so both "
+        f"teachers were converted on the same data. Held-out bits per byte: the grid's teacher {t_base:.3f}, this "
+        f"teacher {t_mine:.3f} ({t_mine / t_base - 1:+.1%}). Means ± standard error over seeds; each difference is "
+        "this teacher's minus the grid's, with Welch's t-test over seeds.",
+        "",
+    ]
+    rows, verdicts = [], []
+    for (method, recipe), g in mine.groupby(["method", "recipe"], sort=False):
+        b = base[(base["method"] == method) & (base["recipe"] == recipe)]
+        if b.empty:
+            continue
+        conv = welch_difference(g["converted_bpb"].to_numpy(), b["converted_bpb"].to_numpy())
+        rows.append(
+            {
+                "method": method,
+                "recipe": recipe,
+                "converted (grid)": _mean_se(b["converted_bpb"]),
+                "converted (this)": _mean_se(g["converted_bpb"]),
+                "difference": conv,
+                "gap to teacher (grid)": _percent(_relative_gap(b)),
+                "gap to teacher (this)": _percent(_relative_gap(g)),
+                "recovery (grid)": _mean_se(b["recovery"], 2),
+                "recovery (this)": _mean_se(g["recovery"], 2),
+            }
+        )
+        verdicts.append(_verdict(method, recipe, g, b))
+    if not rows:
+        return lines
+    return lines + [md_table(pd.DataFrame(rows)), "", *verdicts, ""]
+
+
+def _mean_se(values: pd.Series, digits: int = 3) -> str:
+    """Mean ± standard error over seeds."""
+    v = values.dropna().to_numpy()
+    return value_cell(float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None, digits)
+
+
+def _percent(gaps: pd.Series) -> str:
+    v = gaps.dropna().to_numpy()
+    se = f" ± {100 * v.std(ddof=1) / np.sqrt(len(v)):.1f}" if len(v) > 1 else ""
+    return f"{100 * v.mean():+.1f}{se} %"
+
+
+def _verdict(method: str, recipe: str, mine: pd.DataFrame, base: pd.DataFrame) -> str:
+    """One line: does the more trained teacher give a better converted model, and a smaller gap to its
+    teacher (both by Welch's t-test over seeds, at the report's alpha)?"""
+
+    def judged(a: np.ndarray, b: np.ndarray, lower: str, higher: str) -> str:
+        if len(a) < 2 or len(b) < 2:
+            return f"{lower if a.mean() < b.mean() else higher} (one seed: untested)"
+        p = float(ttest_ind(a, b, equal_var=False).pvalue)
+        if p > ALPHA:
+            return f"not significantly different ({format_p(p)})"
+        return f"{lower if a.mean() < b.mean() else higher} ({format_p(p)})"
+
+    conv = judged(mine["converted_bpb"].to_numpy(), base["converted_bpb"].to_numpy(), "better", "worse")
+    gap = judged(_relative_gap(mine).to_numpy(), _relative_gap(base).to_numpy(), "smaller", "larger")
+    return (
+        f"- **{method} / {recipe}**: from the more trained teacher, the converted model is {conv}, and its gap "
+        f"to its own teacher is {gap}."
+    )
