@@ -136,10 +136,19 @@ def test_extending_a_shipped_curve_appends_the_next_doubling_and_keeps_the_weigh
     assert meta["retrain"].endswith("--start-tokens 4000 --max-doublings 2 --ship-tokens 4000")
     assert pd.read_csv(dest / "curve.csv")["tokens"].tolist() == [4000, 8000, 16000]
     assert shipped.verify(t) == dest  # still a valid shipped teacher
+    # 8000 -> 16000 gained 1 %: the curve converged at 8000, so it is not extended again
+    assert teachers.converged_at([teachers.CurvePoint(**p) for p in meta["curve"]]) == 8000
+    with pytest.raises(UserError, match="converged at 8,000 tokens"):
+        teachers.extend(ctx, t)
     (dest / "model.safetensors").write_bytes(b"edited")
     with pytest.raises(UserError, match="sha256"):
         teachers.extend(ctx, t)
     assert trained == [16000]
+    # a teacher shipped at the budget where its curve then converges is called converged
+    t8 = Teacher(name=t.name, tokens=8000, shape=dict(t.shape))
+    dest8 = teachers.ship(profile, t8, fake_run(8000, 2.3, tmp_path / "r8"), curve, False, root=tmp_path / "teachers")
+    teachers.extend(ctx, Teacher(name=t.name, tokens=8000, shape=dict(t.shape), shipped=str(dest8)))
+    assert json.loads((dest8 / "teacher.json").read_text())["converged"] and trained == [16000, 16000]
 
 
 def test_a_curve_point_ships_as_a_teacher_of_its_own(tmp_path, curve_of):

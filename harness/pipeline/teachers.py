@@ -117,8 +117,9 @@ def extend(ctx: Context, t: Teacher, seed: int = 0) -> CurvePoint:
     """Add the next doubling to the shipped teacher's curve: train ``t``'s shape on twice the curve's
     largest budget and append the point to its ``teacher.json`` and ``curve.csv`` (atomically). The
     shipped weights and budget do not change (:func:`~harness.pipeline.shipped.verify` checks them
-    first); ``retrain`` then names the longer curve. Measures whether a teacher shipped below
-    convergence for cost is converging."""
+    first); ``retrain`` then names the longer curve, and ``converged`` says whether the shipped budget is
+    now the curve's converged one (:func:`converged_at`). Measures whether a teacher shipped below
+    convergence for cost is converging; a curve that has converged is not extended."""
     if not t.shipped:
         raise UserError(
             f"teacher {t.name!r} names no shipped directory (`shipped:` in the profile); nothing to extend."
@@ -126,10 +127,17 @@ def extend(ctx: Context, t: Teacher, seed: int = 0) -> CurvePoint:
     folder = verify(t)  # the weights' sha256, the shape and the tokens the profile declares
     meta = json.loads((folder / "teacher.json").read_text())
     curve = [CurvePoint(**p) for p in meta["curve"]]
+    done = converged_at(curve, meta["threshold"])
+    if done is not None:
+        raise UserError(
+            f"teacher {t.name!r}: its curve converged at {done:,} tokens (the doubling after it gained less than "
+            f"{meta['threshold']:.0%}); another doubling would not pay."
+        )
     point, _ = train_point(ctx, t, 2 * curve[-1].tokens, curve[-1].val_bpb, seed)
     curve.append(point)
     meta["curve"] = [asdict(p) for p in curve]
     meta["curve_wall_time_s"] = sum(p.wall_time_s for p in curve)
+    meta["converged"] = converged_at(curve, meta["threshold"]) == int(meta["tokens"])
     meta["retrain"] = retrain_command(
         ctx.profile.name, t.name, curve[0].tokens, len(curve) - 1, None if meta["converged"] else int(meta["tokens"])
     )
@@ -143,8 +151,8 @@ def ship_point(ctx: Context, t: Teacher, tokens: int, seed: int = 0, root: Path 
     ``<profile>/<name>-<tokens in Mi>m-v<N>`` (e.g. ``tiny-m-64m-v1``): a more trained teacher of the same
     shape, to measure whether a conversion's gap depends on how far its teacher trained. The point's run
     is reused, or resumed or retrained when this machine lacks it (:func:`train_point`); its curve is the
-    shipped teacher's, and it is called converged when the doubling after it gained less than the
-    threshold (the rule of :func:`chosen`)."""
+    shipped teacher's, and it is called converged when it is the curve's converged budget
+    (:func:`converged_at`)."""
     if not t.shipped:
         raise UserError(f"teacher {t.name!r} names no shipped directory (`shipped:` in the profile); it has no curve.")
     meta = json.loads((verify(t) / "teacher.json").read_text())
@@ -156,11 +164,19 @@ def ship_point(ctx: Context, t: Teacher, tokens: int, seed: int = 0, root: Path 
         )
     i = at[0]
     _, run = train_point(ctx, t, int(tokens), curve[i - 1].val_bpb if i else None, seed)
-    after = curve[i + 1].gain if i + 1 < len(curve) else None
-    converged = after is not None and after < meta["threshold"]
+    converged = converged_at(curve, meta["threshold"]) == int(tokens)
     name = f"{t.name}-{int(tokens) >> 20}m"
     retrain = retrain_command(ctx.profile.name, t.name, curve[0].tokens, len(curve) - 1, int(tokens))
     return ship(ctx.profile, t, run, curve, converged, root=root, retrain=retrain, name=name)
+
+
+def converged_at(curve: list[CurvePoint], threshold: float = THRESHOLD) -> int | None:
+    """The curve's converged budget: the tokens before its first doubling that gained less than
+    ``threshold`` (the run :func:`chosen` ships); None while every doubling still paid."""
+    for before, point in zip(curve, curve[1:], strict=False):
+        if point.gain is not None and point.gain < threshold:
+            return before.tokens
+    return None
 
 
 def chosen(runs: list[Run], converged: bool, tokens: int | None = None) -> Run:
