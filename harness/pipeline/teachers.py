@@ -113,6 +113,16 @@ def retrain_command(profile: str, teacher: str, start_tokens: int, max_doublings
     )
 
 
+def shipped_curve(t: Teacher) -> tuple[Path, dict, list[CurvePoint]]:
+    """The shipped teacher's folder, its ``teacher.json`` and its curve, after
+    :func:`~harness.pipeline.shipped.verify` checks the weights' sha256, the shape and the tokens."""
+    if not t.shipped:
+        raise UserError(f"teacher {t.name!r} names no shipped directory (`shipped:` in the profile); it has no curve.")
+    folder = verify(t)
+    meta = json.loads((folder / "teacher.json").read_text())
+    return folder, meta, [CurvePoint(**p) for p in meta["curve"]]
+
+
 def extend(ctx: Context, t: Teacher, seed: int = 0) -> CurvePoint:
     """Add the next doubling to the shipped teacher's curve: train ``t``'s shape on twice the curve's
     largest budget and append the point to its ``teacher.json`` and ``curve.csv`` (atomically). The
@@ -120,13 +130,7 @@ def extend(ctx: Context, t: Teacher, seed: int = 0) -> CurvePoint:
     first); ``retrain`` then names the longer curve, and ``converged`` says whether the shipped budget is
     now the curve's converged one (:func:`converged_at`). Measures whether a teacher shipped below
     convergence for cost is converging; a curve that has converged is not extended."""
-    if not t.shipped:
-        raise UserError(
-            f"teacher {t.name!r} names no shipped directory (`shipped:` in the profile); nothing to extend."
-        )
-    folder = verify(t)  # the weights' sha256, the shape and the tokens the profile declares
-    meta = json.loads((folder / "teacher.json").read_text())
-    curve = [CurvePoint(**p) for p in meta["curve"]]
+    folder, meta, curve = shipped_curve(t)
     done = converged_at(curve, meta["threshold"])
     if done is not None:
         raise UserError(
@@ -153,10 +157,7 @@ def ship_point(ctx: Context, t: Teacher, tokens: int, seed: int = 0, root: Path 
     is reused, or resumed or retrained when this machine lacks it (:func:`train_point`); its curve is the
     shipped teacher's, and it is called converged when it is the curve's converged budget
     (:func:`converged_at`)."""
-    if not t.shipped:
-        raise UserError(f"teacher {t.name!r} names no shipped directory (`shipped:` in the profile); it has no curve.")
-    meta = json.loads((verify(t) / "teacher.json").read_text())
-    curve = [CurvePoint(**p) for p in meta["curve"]]
+    _, meta, curve = shipped_curve(t)
     at = [i for i, p in enumerate(curve) if p.tokens == int(tokens)]
     if not at:
         raise UserError(

@@ -358,8 +358,8 @@ def _outcome_lines(wide: pd.DataFrame, narrow: pd.DataFrame, best: str) -> list[
                 "wider − base": welch_difference(w["converted_bpb"].to_numpy(), n["converted_bpb"].to_numpy()),
                 "scratch base": n["scratch_bpb"].mean(),
                 "scratch wider": w["scratch_bpb"].mean(),
-                "recovery base": _mean_se(n["recovery"]),
-                "recovery wider": _mean_se(w["recovery"]),
+                "recovery base": mean_se(n["recovery"]),
+                "recovery wider": mean_se(w["recovery"]),
             }
         )
     if not rows:
@@ -386,11 +386,13 @@ def _outcome_lines(wide: pd.DataFrame, narrow: pd.DataFrame, best: str) -> list[
     return lines
 
 
-def _mean_se(values: pd.Series) -> str:
+def mean_se(values: pd.Series, digits: int = 2) -> str:
     """Mean ± standard error over seeds (the mean alone for one seed)."""
     v = values.dropna().to_numpy()
     return (
-        value_cell(float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None, 2) if len(v) else ""
+        value_cell(float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None, digits)
+        if len(v)
+        else ""
     )
 
 

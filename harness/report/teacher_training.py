@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import ttest_ind
 
-from harness.report.controls import POOL_TOLERANCE, welch_difference
-from harness.report.markdown import md_table, read_table, value_cell
+from harness.report.controls import POOL_TOLERANCE, mean_se, welch_difference
+from harness.report.markdown import md_table, read_table
 from harness.report.stats import ALPHA, format_p
 
 #: a cell is matched on these columns across the two teachers (the budget fractions differ: 1/4 of
@@ -85,25 +85,19 @@ def trained_teacher_lines(out: Path, base_outs: list[Path]) -> list[str]:
             {
                 "method": method,
                 "recipe": recipe,
-                "converted (grid)": _mean_se(b["converted_bpb"]),
-                "converted (this)": _mean_se(g["converted_bpb"]),
+                "converted (grid)": mean_se(b["converted_bpb"], 3),
+                "converted (this)": mean_se(g["converted_bpb"], 3),
                 "difference": conv,
                 "gap to teacher (grid)": _percent(_relative_gap(b)),
                 "gap to teacher (this)": _percent(_relative_gap(g)),
-                "recovery (grid)": _mean_se(b["recovery"], 2),
-                "recovery (this)": _mean_se(g["recovery"], 2),
+                "recovery (grid)": mean_se(b["recovery"]),
+                "recovery (this)": mean_se(g["recovery"]),
             }
         )
         verdicts.append(_verdict(method, recipe, g, b))
     if not rows:
         return lines
     return lines + [md_table(pd.DataFrame(rows)), "", *verdicts, ""]
-
-
-def _mean_se(values: pd.Series, digits: int = 3) -> str:
-    """Mean ± standard error over seeds."""
-    v = values.dropna().to_numpy()
-    return value_cell(float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None, digits)
 
 
 def _percent(gaps: pd.Series) -> str:
