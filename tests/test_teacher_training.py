@@ -94,3 +94,27 @@ def test_without_the_grids_runs_there_is_nothing_to_compare(tmp_path):
     assert trained_teacher_lines(trained(tmp_path), []) == []
     other = results(tmp_path / "grid" / "x", [("retnet", "paper", 0, 1.3, 1.7)], 1.18, 0.25)
     assert "ran at these tokens" in trained_teacher_lines(trained(tmp_path / "b"), [other])[0]
+
+
+def test_each_budget_is_compared_at_its_own_tokens(tmp_path):
+    """An experiment of the more trained teacher at several token counts is set beside the grid's runs of
+    each, budget by budget; a budget the grid never ran is named, not compared."""
+    base = results(
+        tmp_path / "grid" / "recipes_controls",
+        [("dijiang", "paper", s, 1.30 + s / 100, 1.45 + s / 50) for s in (0, 1)],
+        1.18,
+        0.0625,
+    )
+    mine = pd.read_csv(trained(tmp_path).joinpath("results.csv"))
+    small = mine.assign(tokens=TOKENS // 4, fraction=0.015625, scratch_bpb=[1.45, 1.47, 1.45, 1.47])
+    large = mine.assign(tokens=TOKENS * 4, fraction=0.25)
+    both = tmp_path / "both"
+    both.mkdir()
+    pd.concat([small, large]).to_csv(both / "results.csv", index=False)
+    base.joinpath("results.csv").write_text(
+        pd.read_csv(base / "results.csv").assign(tokens=TOKENS // 4).to_csv(index=False)
+    )
+    text = "\n".join(trained_teacher_lines(both, [base, *grid(tmp_path)]))
+    assert "same 1,048,576 tokens** (the grid's 1/16; here 1/64)" in text
+    assert "ran at these tokens (16,777,216)" in text
+    assert text.count("- **dijiang / paper**") == 1 and "- **dijiang / transfer**" not in text

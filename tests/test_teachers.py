@@ -336,11 +336,51 @@ def test_an_extension_budget_is_read_beside_its_base_experiments_budgets(tmp_pat
         ],
     )
     ext = table("recipes_controls_extended", [("dijiang", "paper", 0.25, 1.5, 1.2, 0.75, float("nan"))])
-    (line,) = [x for x in budget_trend_lines(ext, base) if x]
+    (line,) = [x for x in budget_trend_lines(ext, [base]) if x]
     assert line.startswith("- **dijiang / paper across budgets**")
     assert "0.40 ± 0.01 (2.000 bpb) at 0.015625, 0.54 ± 0.02 (1.800 bpb) at 0.0625, 0.75 (1.500 bpb) at 0.25" in line
     assert "transfer" not in line and "performer" not in line  # only what the extension ran
-    assert budget_trend_lines(ext, tmp_path / "missing") == []
+    assert budget_trend_lines(ext, [tmp_path / "missing"]) == []
+    # a larger budget of another extension joins the trend; a budget two ran is read from the extension
+    full = table("recipes_controls_full", [("dijiang", "paper", 1.0, 1.25, 1.2, 0.5, 0.1)])
+    again = table("again", [("dijiang", "paper", 0.0625, 9.9, 1.2, 0.0, 0.0)])
+    (line,) = [x for x in budget_trend_lines(ext, [base, full, again]) if x]
+    assert "(with `recipes_controls`, `recipes_controls_full`)" in line and "9.9" not in line
+    assert line.endswith("0.75 (1.500 bpb) at 0.25, 0.50 ± 0.10 (1.250 bpb) at 1; the teacher is at 1.200 bpb.")
+
+
+def test_the_recovery_curve_pools_every_budget_of_one_teacher(tmp_path):
+    """The report's pooled recovery curve: every budget the experiments of one teacher ran, drawn once
+    (a PNG beside the last of them); nothing from one budget, a refusal where the teachers differ."""
+    from harness.report.controls import recovery_curve_lines
+
+    def results(folder: str, fraction: float, teacher: float = 1.18) -> Path:
+        out = tmp_path / folder
+        out.mkdir()
+        rows = [
+            dict(
+                method="dijiang",
+                recipe=r,
+                fraction=fraction,
+                seed=s,
+                converted_bpb=2 - fraction + s / 100,
+                scratch_bpb=2.5 - fraction,
+                teacher_bpb=teacher,
+            )
+            for r in ("paper", "transfer")
+            for s in (0, 1)
+        ]
+        pd.DataFrame(rows).to_csv(out / "results.csv", index=False)
+        return out
+
+    small, large = results("small", 0.015625), results("large", 0.25)
+    lines = recovery_curve_lines([small, large], large / "recovery_budgets")
+    assert "(0.015625, 0.25 of the teacher's tokens)" in lines[0] and "`small`, `large`" in lines[0]
+    assert "![recovery curve over every budget](large/recovery_budgets.png)" in lines
+    assert (large / "recovery_budgets.png").stat().st_size > 0
+    assert recovery_curve_lines([small], small / "x") == [] and not (small / "x.png").exists()
+    other = results("other", 1.0, teacher=0.92)
+    assert "teachers differ by 0.260" in recovery_curve_lines([small, other], other / "x")[0]
 
 
 def test_controls_section_says_when_recovery_is_undefined(tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.report.figures import plot_recipe_recovery
 from harness.report.markdown import md_table, read_table, value_cell
 from harness.report.paper_numbers import PAPER_BEST
 from harness.report.stats import ALPHA, format_p
@@ -73,14 +74,19 @@ def controls_section(out: Path) -> list[str]:
     return lines + [""]
 
 
-def budget_trend_lines(out: Path, base: Path) -> list[str]:
-    """An extension's budgets beside its base experiment's (``recipes_controls``), one line per method
-    and recipe that both ran: the recovery and converted bits per byte at every budget, the smallest
-    first (± the SD over seeds where there are several; the teacher is the same)."""
-    ext, main = read_table(out / "table.csv"), read_table(base / "table.csv")
-    if ext is None or main is None:
+def budget_trend_lines(out: Path, bases: list[Path]) -> list[str]:
+    """An extension's budgets beside those of the experiments that converted the same teacher at other
+    budgets (``bases``: ``recipes_controls`` and the other extensions), one line per method and recipe
+    the extension ran: the recovery and converted bits per byte at every budget, the smallest first (±
+    the SD over seeds where there are several; the teacher is the same). A budget two of them ran is
+    read from the first that has it, the extension itself first."""
+    ext = read_table(out / "table.csv")
+    others = {b.name: t for b in bases if (t := read_table(b / "table.csv")) is not None}
+    if ext is None or not others:
         return []
-    both = pd.concat([main, ext]).dropna(subset=["converted_bpb"])
+    both = pd.concat([ext, *others.values()], keys=[out.name, *others], names=["experiment", None])
+    both = both.reset_index(level=0).dropna(subset=["converted_bpb"])
+    both = both.drop_duplicates(["method", "recipe", "fraction"])
     lines = []
     for method, recipe in ext[["method", "recipe"]].drop_duplicates().itertuples(index=False):
         g = both[(both["method"] == method) & (both["recipe"] == recipe)].sort_values("fraction")
@@ -90,11 +96,39 @@ def budget_trend_lines(out: Path, base: Path) -> list[str]:
             f"{value_cell(r['recovery'], r.get('recovery sd'), 2)} ({r['converted_bpb']:.3f} bpb) at {r['fraction']:g}"
             for _, r in g.iterrows()
         )
+        with_ = ", ".join(f"`{n}`" for n in dict.fromkeys(g["experiment"]) if n != out.name)
         lines.append(
-            f"- **{method} / {recipe} across budgets** (with `{base.name}`): recovery {points}; "
+            f"- **{method} / {recipe} across budgets** (with {with_}): recovery {points}; "
             f"the teacher is at {g['teacher_bpb'].iloc[0]:.3f} bpb."
         )
     return lines + [""] if lines else []
+
+
+def recovery_curve_lines(outs: list[Path], stem: Path) -> list[str]:
+    """The recovery curve over every budget that ``outs`` (experiments converting one teacher) ran,
+    pooled: held-out bits per byte against the budget, one panel per recipe, each conversion beside the
+    same architecture from scratch and the teacher (:func:`plot_recipe_recovery`), drawn to ``stem``
+    (.png, .pdf). Nothing is drawn from fewer than two budgets or from experiments whose teachers differ."""
+    frames = [f for out in outs if (f := read_table(out / "results.csv")) is not None]
+    if not frames:
+        return []
+    pooled = pd.concat(frames).drop_duplicates(["method", "recipe", "fraction", "seed"])
+    if pooled["fraction"].nunique() < 2:
+        return []
+    spread = float(pooled["teacher_bpb"].max() - pooled["teacher_bpb"].min())
+    if spread > POOL_TOLERANCE:
+        return [f"- Their teachers differ by {spread:.3f} bits per byte: no pooled recovery curve.", ""]
+    png = next(p for p in plot_recipe_recovery(pooled, stem) if p.suffix == ".png")
+    budgets = ", ".join(f"{f:g}" for f in sorted(pooled["fraction"].unique()))
+    names = ", ".join(f"`{out.name}`" for out in outs)
+    return [
+        f"**The recovery curve, pooled** ({names}): held-out bits per byte at every budget they ran ({budgets} of "
+        "the teacher's tokens), one panel per recipe; dashed: the same architecture from scratch on the same "
+        "tokens; gray: the teacher; bars: min-max over seeds.",
+        "",
+        f"![recovery curve over every budget]({png.parent.name}/{png.name})",
+        "",
+    ]
 
 
 #: the controls that experiments converting one teacher at one budget share, and the keys they are shared on

@@ -31,7 +31,13 @@ import pandas as pd
 from harness.evaluation.items import Items, decode_items
 from harness.evaluation.lm_eval_tasks import OFFLINE_TASKS, UNAVAILABLE
 from harness.evaluation.lm_eval_tasks.bundled import official_name
-from harness.report.controls import budget_trend_lines, controls_section, pooled_extension_lines, wider_sweep_lines
+from harness.report.controls import (
+    budget_trend_lines,
+    controls_section,
+    pooled_extension_lines,
+    recovery_curve_lines,
+    wider_sweep_lines,
+)
 from harness.report.markdown import md_table, read_table, value_cell
 from harness.report.paper_numbers import PAPER_BEST, WSC_CONSTANT_CLASS_COUNTS, WSC_EXAMPLES
 from harness.report.stats import (
@@ -74,7 +80,9 @@ SECTIONS: tuple[str, ...] = (
     "recipes_controls_extended_transfer",
     "recipes_controls_extended_distill",
     "recipes_controls_extended_baselines_distill",
+    "recipes_controls_trained_teacher_small",
     "recipes_controls_trained_teacher",
+    "recipes_controls_trained_teacher_large",
     "hybrid_pareto",
     "mqar",
 )
@@ -839,6 +847,32 @@ def teachers_section(shipped: dict[str, str], out: Path | None = None) -> list[s
     return lines
 
 
+def controls_family_lines(root: Path, name: str, ordered: list[str]) -> list[str]:
+    """The lines that set a ``recipes_controls`` extension beside the experiments that converted the same
+    teacher at other budgets or with other methods and recipes: its budget trend; for a conversion of the
+    more trained teacher (``recipes_controls_trained_teacher*``), the grid's teacher at the same tokens;
+    and after the family's last section, the pooled checks and the recovery curve over every budget."""
+    trained = name.startswith("recipes_controls_trained_teacher")
+    prefix = "recipes_controls_trained_teacher" if trained else "recipes_controls_extended"
+    family = [n for n in ordered if n.startswith(prefix)]
+    members = family if trained else ["recipes_controls", *family]
+    lines = budget_trend_lines(root / name, [root / n for n in members if n != name])
+    if trained:  # beside the grid's teacher at the same tokens
+        grid = [
+            p
+            for p in sorted((root.parent / "grid").glob("recipes_controls*"))
+            if p.name != "recipes_controls_wider_sweep"
+        ]
+        lines += trained_teacher_lines(root / name, grid)
+    if name == family[-1]:  # once, after the last of them
+        if not trained:
+            lines += pooled_extension_lines([root / n for n in family])
+        lines += recovery_curve_lines(
+            [root / n for n in members if (root / n).is_dir()], root / name / "recovery_budgets"
+        )
+    return lines
+
+
 def section_order(metas: dict[str, dict]) -> list[str]:
     """The experiments that ran, in the report's order: :data:`SECTIONS` first, then any experiment it
     does not name (a new one), alphabetically, so a new experiment is never left out of the report."""
@@ -911,14 +945,8 @@ def write_report(
             lines += controls_section(out)
         elif name == "recipes_controls_wider_sweep":
             lines += controls_section(out) + wider_sweep_lines(out, root / "recipes_controls")
-        elif name.startswith("recipes_controls_extended"):
-            lines += controls_section(out) + budget_trend_lines(out, root / "recipes_controls")
-            extensions = [n for n in ordered if n.startswith("recipes_controls_extended")]
-            if name == extensions[-1]:  # once, after the last of them
-                lines += pooled_extension_lines([root / n for n in extensions])
-        elif name == "recipes_controls_trained_teacher":  # beside the grid's teacher at the same tokens
-            grid = sorted((root.parent / "grid").glob("recipes_controls_extended*"))
-            lines += controls_section(out) + trained_teacher_lines(out, grid)
+        elif name.startswith(("recipes_controls_extended", "recipes_controls_trained_teacher")):
+            lines += controls_section(out) + controls_family_lines(root, name, ordered)
         elif name == "hybrid_pareto":
             lines += hybrid_section(out)
         else:

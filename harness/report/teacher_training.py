@@ -2,9 +2,10 @@
 far its teacher trained?
 
 The paper converts Pythia's finished checkpoints (Sec. 4, Table 1); the grid's teacher is shipped
-below convergence (16M tokens). ``recipes_controls_trained_teacher`` (profile ``grid-64m``) converts
-the same shape trained on 64M tokens at 1/16 of them: 4M tokens per run, the tokens of the grid's 1/4
-budget (``recipes_controls_extended*``). :func:`trained_teacher_lines` sets the two side by side, cell
+below convergence (16M tokens). ``recipes_controls_trained_teacher*`` (profile ``grid-64m``) convert
+the same shape trained on 64M tokens at 1/64, 1/16 and 1/4 of them: 1M, 4M and 16.8M tokens per run,
+the tokens of the grid's 1/16 (``recipes_controls``), 1/4 (``recipes_controls_extended*``) and 1/1
+budgets. :func:`trained_teacher_lines` sets the two side by side at each budget both ran, cell
 by cell (method, recipe, seed): converted bits per byte, the gap to each one's own teacher, and
 recovery ``(scratch - converted) / (scratch - teacher)``, each difference with Welch's t-test over
 seeds. First it checks that both converted on the same data: the from-scratch controls (which train
@@ -13,6 +14,7 @@ no teacher, so are the same runs) must agree, or nothing is compared.
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -43,32 +45,47 @@ def _relative_gap(frame: pd.DataFrame) -> pd.Series:
 
 def trained_teacher_lines(out: Path, base_outs: list[Path]) -> list[str]:
     """This experiment's conversions (a more trained teacher) beside ``base_outs``' at the same tokens
-    (the grid's teacher): the shared-controls check, the two teachers, a table per cell and, per
-    method and recipe, whether the better teacher gives a better converted model and a smaller gap."""
+    (the grid's teacher), budget by budget: the shared-controls check, the two teachers, a table per
+    cell and, per method and recipe, whether the better teacher gives a better converted model and a
+    smaller gap."""
     mine, base = read_table(out / "results.csv"), _pooled(base_outs)
     if mine is None or base is None:
         return []
-    base = base[base["tokens"].isin(mine["tokens"].unique())]
-    shared = mine.drop_duplicates(["method", "seed", "tokens"]).merge(
-        base.drop_duplicates(["method", "seed", "tokens"]), on=["method", "seed", "tokens"], suffixes=("", "_base")
+    lines: list[str] = []
+    for tokens, at in mine.groupby("tokens", sort=True):
+        lines += _budget_lines(at, base[base["tokens"] == tokens])
+    return lines
+
+
+def _fraction(f: float) -> str:
+    """A budget fraction as the report names it: 1/16, 1/4, 1."""
+    q = Fraction(f).limit_denominator(4096)
+    return str(q.numerator) if q.denominator == 1 else f"{q.numerator}/{q.denominator}"
+
+
+def _budget_lines(mine: pd.DataFrame, base: pd.DataFrame) -> list[str]:
+    """:func:`trained_teacher_lines` at one budget (``mine`` and ``base``: the cells of that many tokens)."""
+    tokens = int(mine["tokens"].iloc[0])
+    shared = mine.drop_duplicates(["method", "seed"]).merge(
+        base.drop_duplicates(["method", "seed"]), on=["method", "seed"], suffixes=("", "_base")
     )
     if shared.empty:
         return [
-            "- No conversion of the grid's teacher (`results/grid`) ran at these tokens: nothing to compare the "
-            "teachers on.",
+            f"- No conversion of the grid's teacher (`results/grid`) ran at these tokens ({tokens:,d}): nothing to "
+            "compare the teachers on.",
             "",
         ]
     spread = float((shared["scratch_bpb"] - shared["scratch_bpb_base"]).abs().max())
     if not spread <= POOL_TOLERANCE:
         return [
-            f"- The from-scratch controls of the two teachers' conversions differ by up to {spread:.3f} bits per "
-            "byte: they did not train on the same data, so the teachers are not compared.",
+            f"- The from-scratch controls of the two teachers' conversions at {tokens:,d} tokens differ by up to "
+            f"{spread:.3f} bits per byte: they did not train on the same data, so the teachers are not compared.",
             "",
         ]
     t_base, t_mine = float(base["teacher_bpb"].iloc[0]), float(mine["teacher_bpb"].iloc[0])
-    tokens = int(mine["tokens"].iloc[0])
     lines = [
-        f"**Against the grid's teacher at the same {tokens:,d} tokens** (the grid's 1/4; here 1/16). The "
+        f"**Against the grid's teacher at the same {tokens:,d} tokens** (the grid's "
+        f"{_fraction(base['fraction'].iloc[0])}; here {_fraction(mine['fraction'].iloc[0])}). The "
         f"{len(shared)} from-scratch controls both ran (method, seed) agree to {spread:.1e} bits per byte, so both "
         f"teachers were converted on the same data. Held-out bits per byte: the grid's teacher {t_base:.3f}, this "
         f"teacher {t_mine:.3f} ({t_mine / t_base - 1:+.1%}). Means ± standard error over seeds; each difference is "
