@@ -118,3 +118,24 @@ def test_each_budget_is_compared_at_its_own_tokens(tmp_path):
     assert "same 1,048,576 tokens** (the grid's 1/16; here 1/64)" in text
     assert "ran at these tokens (16,777,216)" in text
     assert text.count("- **dijiang / paper**") == 1 and "- **dijiang / transfer**" not in text
+
+
+def test_controls_that_moved_with_the_thread_count_or_chose_another_rate_are_named(tmp_path):
+    """The same runs on another torch thread count move by up to THREAD_TOLERANCE: still the same data,
+    and said so. A method whose from-scratch control chose another rate is named, as its recovery rests
+    on other controls; where no control ran at the same rate, nothing shows the data are the same."""
+    base_outs = grid(tmp_path)
+    for out in base_outs:
+        pd.read_csv(out / "results.csv").assign(scratch_lr=0.004).to_csv(out / "results.csv", index=False)
+    mine = trained(tmp_path, scratch=(1.453, 1.468))
+    frame = pd.read_csv(mine / "results.csv")
+    extra = frame[frame["recipe"] == "paper"].assign(method="retnet", scratch_lr=0.002)
+    pd.concat([frame.assign(scratch_lr=0.004), extra]).to_csv(mine / "results.csv", index=False)
+    base_retnet = pd.read_csv(base_outs[0] / "results.csv")
+    pd.concat([base_retnet, base_retnet.assign(method="retnet")]).to_csv(base_outs[0] / "results.csv", index=False)
+    text = "\n".join(trained_teacher_lines(mine, base_outs))
+    assert "2 from-scratch controls both ran (method, seed) at the same rate agree to 3.0e-03" in text
+    assert "within the 0.005 by which a torch thread count alone moves a run" in text
+    assert "- retnet's from-scratch control chose another rate here (0.002) than in the grid (0.004" in text
+    frame.assign(scratch_lr=0.002).to_csv(mine / "results.csv", index=False)
+    assert "never ran at the same learning rate" in trained_teacher_lines(mine, base_outs)[0]

@@ -26,6 +26,10 @@ NEAR_EQUAL = 0.02
 #: repeats exactly on the same code and torch thread count; on another thread count it can move by more
 #: (RetNet at 1/64: 0.005, one thread against two), as much as the seed spread of some cells.
 POOL_TOLERANCE = 1e-3
+#: bits per byte by which the same run (code, data, rate, seed) can move between torch thread counts
+#: (RetNet at 1/64: 0.005, one thread against two): the most two experiments' shared controls may differ
+#: and still be said to have trained on the same data, where they ran on different thread counts
+THREAD_TOLERANCE = 5e-3
 
 
 def controls_section(out: Path) -> list[str]:

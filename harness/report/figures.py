@@ -16,8 +16,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from harness.report.tables import BPB as BPB_METRIC  # noqa: E402
-
 
 def save(fig: plt.Figure, stem: Path, dpi: int = 120) -> list[Path]:
     """Write ``<stem>.png`` and ``<stem>.pdf`` (each to a temporary name, then renamed) and close
@@ -49,19 +47,16 @@ def plot_curves(frame: pd.DataFrame, stem: Path) -> list[Path]:
 
 
 def plot_recovery(frame: pd.DataFrame, stem: Path, metric: str = "acc") -> list[Path]:
-    """Held-out bits per byte, then accuracy (or ``metric``), against conversion budget: one panel per
-    task, one line per method (error bars: the standard error over items), the teacher dashed. Bits per
-    byte come first: at small scale the accuracies sit at chance, bits per byte do not. Tasks with no
-    value (not available offline) are left out."""
-    rows = frame[frame.metric.isin([BPB_METRIC, metric]) & frame["value"].notna()]
-    rows = rows[(rows.metric == metric) | (rows.task == "heldout_ppl")]
-    panels = list(dict.fromkeys(zip(rows["task"], rows["metric"])))
-    panels.sort(key=lambda tm: tm[1] != BPB_METRIC)
-    cols = min(3, max(1, len(panels)))
-    nrows = max(1, -(-len(panels) // cols))
+    """Accuracy (or ``metric``) against conversion budget: one panel per task, one line per method
+    (error bars: the standard error over items), the teacher dashed. Tasks with no value (not
+    available offline) are left out."""
+    rows = frame[(frame.metric == metric) & frame["value"].notna()]
+    tasks = list(dict.fromkeys(rows["task"]))
+    cols = min(3, max(1, len(tasks)))
+    nrows = max(1, -(-len(tasks) // cols))
     fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols, 3.5 * nrows), squeeze=False, constrained_layout=True)
-    for ax, (task, task_metric) in zip(axes.flat, panels):
-        tg = rows[(rows.task == task) & (rows.metric == task_metric)]
+    for ax, task in zip(axes.flat, tasks):
+        tg = rows[rows.task == task]
         teacher = tg[tg.method == "softmax"]["value"].mean()
         for method, g in tg[tg.method != "softmax"].groupby("method"):
             curve = g.groupby("fraction")["value"].mean()
@@ -69,12 +64,11 @@ def plot_recovery(frame: pd.DataFrame, stem: Path, metric: str = "acc") -> list[
             ax.errorbar(curve.index, curve.values, yerr=None if err is None else err.values, marker="o", label=method)
         ax.axhline(teacher, ls="--", color="gray", label="teacher")
         ax.set_xscale("log", base=2)
-        bpb = task_metric == BPB_METRIC
-        ax.set_title("held-out bits per byte (lower is better)" if bpb else task, fontsize=9)
+        ax.set_title(task, fontsize=9)
         ax.set_xlabel("conversion budget (fraction of teacher tokens)", fontsize=8)
-        ax.set_ylabel(task_metric)
+        ax.set_ylabel(metric)
         ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(panels) :]:
+    for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
     fig.suptitle("Recovery against training cost")
     return save(fig, stem)

@@ -38,6 +38,7 @@ from harness.report.controls import (
     recovery_curve_lines,
     wider_sweep_lines,
 )
+from harness.report.figures import plot_recovery
 from harness.report.markdown import md_table, read_table, value_cell
 from harness.report.paper_numbers import PAPER_BEST, WSC_CONSTANT_CLASS_COUNTS, WSC_EXAMPLES
 from harness.report.stats import (
@@ -49,7 +50,7 @@ from harness.report.stats import (
     ranking_agreement,
     score,
 )
-from harness.report.tables import task_columns
+from harness.report.tables import BPB, task_columns
 from harness.report.teacher_training import trained_teacher_lines
 from harness.util.io import atomic_write_text
 
@@ -597,12 +598,25 @@ def kernel_section(out: Path) -> list[str]:
 
 
 def recovery_section(out: Path) -> list[str]:
-    """The recovery curve's table with standard errors."""
+    """The recovery curve's table with standard errors, and held-out bits per byte against the budget
+    (drawn here from ``results.csv``, to ``recovery_bpb.png``): the experiment's own figure shows the
+    accuracies, which sit at chance at small scale; bits per byte do not."""
     table = read_table(out / "table.csv")
     if table is None:
         return ["(not run)"]
     keys = [c for c in ("method", "fraction", "seed") if c in table.columns]
-    return [ours_markdown(table, keys), ""]
+    lines = [ours_markdown(table, keys), ""]
+    results = read_table(out / "results.csv")
+    if results is not None and (results["metric"] == BPB).any():
+        (png,) = [p for p in plot_recovery(results, out / "recovery_bpb", metric=BPB) if p.suffix == ".png"]
+        lines += [
+            "Held-out bits per byte against the budget (lower is better; the teacher dashed; error bars would be "
+            "the standard error over items, which bits per byte do not carry):",
+            "",
+            f"![held-out bits per byte against the budget]({out.name}/{png.name})",
+            "",
+        ]
+    return lines
 
 
 def hybrid_section(out: Path) -> list[str]:

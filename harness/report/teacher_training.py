@@ -14,6 +14,7 @@ no teacher, so are the same runs) must agree, or nothing is compared.
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import ttest_ind
 
-from harness.report.controls import POOL_TOLERANCE, mean_se, welch_difference
+from harness.report.controls import POOL_TOLERANCE, THREAD_TOLERANCE, mean_se, welch_difference
 from harness.report.markdown import md_table, read_table
 from harness.report.stats import ALPHA, format_p
 
@@ -75,23 +76,43 @@ def _budget_lines(mine: pd.DataFrame, base: pd.DataFrame) -> list[str]:
             "compare the teachers on.",
             "",
         ]
-    spread = float((shared["scratch_bpb"] - shared["scratch_bpb_base"]).abs().max())
-    if not spread <= POOL_TOLERANCE:
+    rated = "scratch_lr" in shared.columns and "scratch_lr_base" in shared.columns
+    same_rate = shared[shared["scratch_lr"] == shared["scratch_lr_base"]] if rated else shared
+    spread = (
+        float((same_rate["scratch_bpb"] - same_rate["scratch_bpb_base"]).abs().max()) if len(same_rate) else math.nan
+    )
+    if not spread <= THREAD_TOLERANCE:
         return [
-            f"- The from-scratch controls of the two teachers' conversions at {tokens:,d} tokens differ by up to "
-            f"{spread:.3f} bits per byte: they did not train on the same data, so the teachers are not compared.",
+            f"- The from-scratch controls of the two teachers' conversions at {tokens:,d} tokens "
+            + (
+                f"differ by up to {spread:.3f} bits per byte"
+                if len(same_rate)
+                else "never ran at the same learning rate"
+            )
+            + ": they cannot show that both trained on the same data, so the teachers are not compared.",
             "",
         ]
     t_base, t_mine = float(base["teacher_bpb"].iloc[0]), float(mine["teacher_bpb"].iloc[0])
+    exact = (
+        ""
+        if spread <= POOL_TOLERANCE
+        else f" (within the {THREAD_TOLERANCE:g} by which a torch thread count alone moves a run)"
+    )
     lines = [
         f"**Against the grid's teacher at the same {tokens:,d} tokens** (the grid's "
         f"{_fraction(base['fraction'].iloc[0])}; here {_fraction(mine['fraction'].iloc[0])}). The "
-        f"{len(shared)} from-scratch controls both ran (method, seed) agree to {spread:.1e} bits per byte, so both "
-        f"teachers were converted on the same data. Held-out bits per byte: the grid's teacher {t_base:.3f}, this "
-        f"teacher {t_mine:.3f} ({t_mine / t_base - 1:+.1%}). Means ± standard error over seeds; each difference is "
-        "this teacher's minus the grid's, with Welch's t-test over seeds.",
+        f"{len(same_rate)} from-scratch controls both ran (method, seed) at the same rate agree to {spread:.1e} bits "
+        f"per byte{exact}, so both teachers were converted on the same data. Held-out bits per byte: the grid's "
+        f"teacher {t_base:.3f}, this teacher {t_mine:.3f} ({t_mine / t_base - 1:+.1%}). Means ± standard error over "
+        "seeds; each difference is this teacher's minus the grid's, with Welch's t-test over seeds.",
         "",
     ]
+    for r in shared[~shared.index.isin(same_rate.index)].drop_duplicates("method").itertuples():
+        lines += [
+            f"- {r.method}'s from-scratch control chose another rate here ({r.scratch_lr:g}) than in the grid "
+            f"({r.scratch_lr_base:g}; each sweep's choice), so its recovery columns rest on different controls.",
+            "",
+        ]
     rows, verdicts = [], []
     for (method, recipe), g in mine.groupby(["method", "recipe"], sort=False):
         b = base[(base["method"] == method) & (base["recipe"] == recipe)]
