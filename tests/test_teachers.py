@@ -439,3 +439,31 @@ def test_extensions_are_pooled_only_when_their_shared_controls_agree(tmp_path):
     other = results("other", {("performer", "paper"): [1.20, 1.21]}, noop=1.20)
     assert "disagree on a shared control by 0.070" in "\n".join(pooled_extension_lines([ext, other]))
     assert pooled_extension_lines([ext, tmp_path / "missing"]) == []
+
+
+def test_each_conversion_is_tested_against_its_from_scratch_control_over_seeds(tmp_path):
+    """ "Beats scratch" carries Welch's test over the seeds of results.csv: a lead of 0.02 bpb over
+    seeds that spread as much is named, with its p, as not significant."""
+    from harness.report.controls import controls_section
+
+    cols = ["method", "recipe", "fraction", "converted_bpb", "scratch_bpb", "teacher_bpb", "recovery", "seeds"]
+    pd.DataFrame([("dijiang", "paper", 0.25, 1.04, 1.06, 0.92, 0.14, 2)], columns=cols).to_csv(
+        tmp_path / "table.csv", index=False
+    )
+    seeds = pd.DataFrame(
+        {
+            "method": "dijiang",
+            "recipe": "paper",
+            "fraction": 0.25,
+            "seed": [0, 1],
+            "converted_bpb": [1.03, 1.05],
+            "scratch_bpb": [1.06, 1.06],
+        }
+    )
+    seeds.to_csv(tmp_path / "results.csv", index=False)
+    text = "\n".join(controls_section(tmp_path))
+    assert "paper beats scratch (1.040 vs 1.060 bpb; recovery 0.14" in text
+    assert "(converted minus scratch: -0.020 bpb (p = 0.3, not significant))" in text
+    seeds.assign(converted_bpb=[0.95, 0.97], scratch_bpb=[1.05, 1.07]).to_csv(tmp_path / "results.csv", index=False)
+    assert "(converted minus scratch: -0.100 bpb (p = 0.0" in "\n".join(controls_section(tmp_path))
+    assert ", significant))" in "\n".join(controls_section(tmp_path))

@@ -39,6 +39,7 @@ def controls_section(out: Path) -> list[str]:
     if table is None:
         return ["(not run)"]
     lines = [md_table(table), ""]
+    per_seed = read_table(out / "results.csv")
     ok = table[table["converted_bpb"].notna()]
     for (method, fraction), g in ok.groupby(["method", "fraction"], sort=False):
         # recovery is undefined where scratch on these tokens is as good as the teacher (at 1/1 it is the
@@ -53,6 +54,7 @@ def controls_section(out: Path) -> list[str]:
                 if pd.notna(r["recovery"])
                 else "recovery undefined)"
             )
+            + _against_scratch(per_seed, r)
             for _, r in g.iterrows()
         )
         gap = best.converted_bpb / best.teacher_bpb - 1
@@ -76,6 +78,19 @@ def controls_section(out: Path) -> list[str]:
     if "seeds" in table.columns and (table["seeds"] < 2).any():
         lines.append("- Rows with one seed carry no uncertainty on the recovery score (± is the spread over seeds).")
     return lines + [""]
+
+
+def _against_scratch(per_seed: pd.DataFrame | None, cell: pd.Series) -> str:
+    """`` (converted minus scratch: <difference with Welch's test over seeds>)`` for one cell of the
+    controls table, from the per-seed results; empty where they are missing."""
+    if per_seed is None:
+        return ""
+    keys = (per_seed["method"] == cell["method"]) & (per_seed["recipe"] == cell["recipe"])
+    seeds = per_seed[keys & np.isclose(per_seed["fraction"], cell["fraction"])].dropna(subset=["converted_bpb"])
+    if seeds.empty:
+        return ""
+    diff = welch_difference(seeds["converted_bpb"].to_numpy(), seeds["scratch_bpb"].to_numpy())
+    return f" (converted minus scratch: {diff})"
 
 
 def budget_trend_lines(out: Path, bases: list[Path]) -> list[str]:
