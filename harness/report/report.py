@@ -610,8 +610,7 @@ def recovery_section(out: Path) -> list[str]:
     if results is not None and (results["metric"] == BPB).any():
         (png,) = [p for p in plot_recovery(results, out / "recovery_bpb", metric=BPB) if p.suffix == ".png"]
         lines += [
-            "Held-out bits per byte against the budget (lower is better; the teacher dashed; error bars would be "
-            "the standard error over items, which bits per byte do not carry):",
+            "Held-out bits per byte against the budget (lower is better; the teacher dashed):",
             "",
             f"![held-out bits per byte against the budget]({out.name}/{png.name})",
             "",
