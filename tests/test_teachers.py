@@ -341,7 +341,7 @@ def test_an_extension_budget_is_read_beside_its_base_experiments_budgets(tmp_pat
     assert "0.40 ± 0.01 (2.000 bpb) at 0.015625, 0.54 ± 0.02 (1.800 bpb) at 0.0625, 0.75 (1.500 bpb) at 0.25" in line
     assert "transfer" not in line and "performer" not in line  # only what the extension ran
     assert budget_trend_lines(ext, [tmp_path / "missing"]) == []
-    # a larger budget of another extension joins the trend; a budget two ran is read from the extension
+    # a larger budget of another extension joins the trend; a budget two bases ran is read from the first
     full = table("recipes_controls_full", [("dijiang", "paper", 1.0, 1.25, 1.2, 0.5, 0.1)])
     again = table("again", [("dijiang", "paper", 0.0625, 9.9, 1.2, 0.0, 0.0)])
     (line,) = [x for x in budget_trend_lines(ext, [base, full, again]) if x]
