@@ -35,7 +35,7 @@ def test_the_recovery_section_draws_bits_per_byte_against_the_budget(tmp_path, m
     table.assign(**{"heldout_ppl bpb": [0.9, 1.75, 1.5]}).to_csv(out / "table.csv", index=False)
     lines = recovery_section(out)
     assert "![held-out bits per byte against the budget](recovery_curve/recovery_bpb.png)" in lines
-    assert (out / "recovery_bpb.png").stat().st_size > 0
+    assert (out / "recovery_bpb.png").stat().st_size > 0 and not (out / "recovery_bpb.pdf").exists()
     (fig,) = drawn
     (ax,) = [a for a in fig.axes if a.axison]
     assert ax.get_ylabel() == "bits_per_byte" and list(ax.lines[0].get_ydata()) == [1.75, 1.5]

@@ -254,6 +254,22 @@ def test_report_states_each_shipped_teachers_curve(tmp_path):
     assert "not converged" not in text and "below the curve's largest budget" not in text
 
 
+def test_report_counts_a_byte_teachers_passes_over_its_training_split(tmp_path):
+    t, dest = shipped_teacher(tmp_path)
+    meta = json.loads((dest / "teacher.json").read_text())
+    meta["train_config"]["tokenizer"] = "byte"
+    meta["corpus"] = {"splits": {"train": {"files": 3, "bytes": 1600}}}
+    (dest / "teacher.json").write_text(json.dumps(meta))
+    text = "\n".join(teachers_section({"tiny-m": str(dest)}))
+    assert "4,000 tokens (2.5 passes over the 1,600-byte training split" in text
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("|")]
+    column = rows[0].index("epochs")
+    assert [float(r[column]) for r in rows[2:]] == [2.5, 5.0]  # 4,000 and 8,000 tokens over 1,600
+    meta["train_config"]["tokenizer"] = "auto"  # tokens are not bytes: nothing to count
+    (dest / "teacher.json").write_text(json.dumps(meta))
+    assert "passes over" not in "\n".join(teachers_section({"tiny-m": str(dest)}))
+
+
 def test_convergence_state_places_the_shipped_budget_on_the_curve():
     from harness.report.report import convergence_state
 
@@ -377,7 +393,7 @@ def test_the_recovery_curve_pools_every_budget_of_one_teacher(tmp_path):
     lines = recovery_curve_lines([small, large], large / "recovery_budgets")
     assert "(0.015625, 0.25 of the teacher's tokens)" in lines[0] and "`small`, `large`" in lines[0]
     assert "![recovery curve over every budget](large/recovery_budgets.png)" in lines
-    assert (large / "recovery_budgets.png").stat().st_size > 0
+    assert (large / "recovery_budgets.png").stat().st_size > 0 and not (large / "recovery_budgets.pdf").exists()
     assert recovery_curve_lines([small], small / "x") == [] and not (small / "x.png").exists()
     other = results("other", 1.0, teacher=0.92)
     assert "teachers differ by 0.260" in recovery_curve_lines([small, other], other / "x")[0]

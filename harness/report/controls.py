@@ -123,11 +123,20 @@ def budget_trend_lines(out: Path, bases: list[Path]) -> list[str]:
     return lines + [""] if lines else []
 
 
+def png_only(drawn: list[Path]) -> Path:
+    """The PNG of a figure the report draws and links, its other formats deleted: a PDF would change on
+    every render (matplotlib stamps its creation date), so a re-rendered report would churn in git."""
+    for other in (p for p in drawn if p.suffix != ".png"):
+        other.unlink()
+    (png,) = [p for p in drawn if p.suffix == ".png"]
+    return png
+
+
 def recovery_curve_lines(outs: list[Path], stem: Path) -> list[str]:
     """The recovery curve over every budget that ``outs`` (experiments converting one teacher) ran,
     pooled: held-out bits per byte against the budget, one panel per recipe, each conversion beside the
     same architecture from scratch and the teacher (:func:`plot_recipe_recovery`), drawn to ``stem``
-    (.png, .pdf). Nothing is drawn from fewer than two budgets or from experiments whose teachers differ."""
+    (.png). Nothing is drawn from fewer than two budgets or from experiments whose teachers differ."""
     frames = [f for out in outs if (f := read_table(out / "results.csv")) is not None]
     if not frames:
         return []
@@ -137,7 +146,7 @@ def recovery_curve_lines(outs: list[Path], stem: Path) -> list[str]:
     spread = float(pooled["teacher_bpb"].max() - pooled["teacher_bpb"].min())
     if spread > POOL_TOLERANCE:
         return [f"- Their teachers differ by {spread:.3f} bits per byte: no pooled recovery curve.", ""]
-    png = next(p for p in plot_recipe_recovery(pooled, stem) if p.suffix == ".png")
+    png = png_only(plot_recipe_recovery(pooled, stem))
     budgets = ", ".join(f"{f:g}" for f in sorted(pooled["fraction"].unique()))
     names = ", ".join(f"`{out.name}`" for out in outs)
     return [

@@ -34,6 +34,7 @@ from harness.evaluation.lm_eval_tasks.bundled import official_name
 from harness.report.controls import (
     budget_trend_lines,
     controls_section,
+    png_only,
     pooled_extension_lines,
     recovery_curve_lines,
     wider_sweep_lines,
@@ -600,7 +601,8 @@ def kernel_section(out: Path) -> list[str]:
 def recovery_section(out: Path) -> list[str]:
     """The recovery curve's table with standard errors, and held-out bits per byte against the budget
     (drawn here from ``results.csv``, to ``recovery_bpb.png``): the experiment's own figure shows the
-    accuracies, which sit at chance at small scale; bits per byte do not."""
+    accuracies, which sit at chance at small scale; bits per byte do not. Only the PNG is kept
+    (:func:`~harness.report.controls.png_only`)."""
     table = read_table(out / "table.csv")
     if table is None:
         return ["(not run)"]
@@ -608,7 +610,7 @@ def recovery_section(out: Path) -> list[str]:
     lines = [ours_markdown(table, keys), ""]
     results = read_table(out / "results.csv")
     if results is not None and (results["metric"] == BPB).any():
-        (png,) = [p for p in plot_recovery(results, out / "recovery_bpb", metric=BPB) if p.suffix == ".png"]
+        png = png_only(plot_recovery(results, out / "recovery_bpb", metric=BPB))
         lines += [
             "Held-out bits per byte against the budget (lower is better; the teacher dashed):",
             "",
@@ -813,6 +815,16 @@ def convergence_state(curve: pd.DataFrame, shipped_tokens: int, threshold: float
     )
 
 
+def training_split_tokens(meta: dict) -> int | None:
+    """The tokens in one pass over a shipped teacher's training split, read from its ``teacher.json``:
+    the split's bytes, as the byte tokenizer makes one token of each byte (None for any other tokenizer,
+    or where the corpus record lacks the split)."""
+    if meta.get("train_config", {}).get("tokenizer") != "byte":
+        return None
+    size = meta.get("corpus", {}).get("splits", {}).get("train", {}).get("bytes")
+    return int(size) if size else None
+
+
 def teachers_section(shipped: dict[str, str], out: Path | None = None) -> list[str]:
     """The profile's shipped teachers (name -> folder, :mod:`harness.pipeline.teachers`): each one's
     convergence curve, validation bits per byte against pretraining tokens, from its ``teacher.json``,
@@ -839,9 +851,17 @@ def teachers_section(shipped: dict[str, str], out: Path | None = None) -> list[s
         meta = json.loads(meta_file.read_text())
         curve = pd.DataFrame(meta["curve"])[["tokens", "val_bpb", "gain", "wall_time_s"]]
         state = convergence_state(curve, int(meta["tokens"]), float(meta["threshold"]))
+        split = training_split_tokens(meta)
+        passes = ""
+        if split:  # a teacher trained past one pass repeats its data: the curve is the corpus's as much as the model's
+            curve.insert(1, "epochs", (curve["tokens"] / split).round(2))
+            passes = (
+                f" ({int(meta['tokens']) / split:.1f} passes over the {split:,}-byte training split: from the "
+                "second pass on, its data repeats)"
+            )
         lines += [
             f"**{name}** (`{folder}`, {meta.get('n_params') or 0:,} parameters): {state}; shipped at "
-            f"{int(meta['tokens']):,} tokens, {meta['val_bpb']:.3f} validation bits per byte; threshold "
+            f"{int(meta['tokens']):,} tokens{passes}, {meta['val_bpb']:.3f} validation bits per byte; threshold "
             f"{meta['threshold']:.0%}; the curve's runs took {meta['curve_wall_time_s']:.0f} s of wall time on "
             f"the machine that made them (`{meta['retrain']}`).",
             "",
