@@ -363,6 +363,46 @@ def wider_sweep_lines(out: Path, base: Path, best: str = PAPER_BEST) -> list[str
     return lines + [""]
 
 
+def rates_at_budget_lines(out: Path, base: Path) -> list[str]:
+    """An experiment whose rates were swept at its own budget (``out``) beside one that used rates swept
+    at a smaller budget (``base``), for the cells both ran: each cell's chosen rate under both sweeps,
+    then per conversion the held-out converted and from-scratch bits per byte and recovery under both,
+    each difference with Welch's test over seeds. A rate that does not carry from the small budget to
+    the large one shows as a moved rate, and a control that was under-tuned as a from-scratch difference."""
+    sweeps = read_table(out / "lr_sweep.csv"), read_table(base / "lr_sweep.csv")
+    results = read_table(out / "results.csv"), read_table(base / "results.csv")
+    if any(f is None for f in (*sweeps, *results)):
+        return []
+    here, there = (s[s["chosen"].astype(bool)].set_index(["method", "recipe"]) for s in sweeps)
+    cells = here.index.intersection(there.index)
+    if not len(cells):
+        return [f"- No cell in common with `{base.name}`: nothing to compare.", ""]
+    rates = "; ".join(
+        f"{m}/{r} {there.loc[(m, r), 'lr']:g} at {there.loc[(m, r), 'fraction']:g} → "
+        f"{here.loc[(m, r), 'lr']:g} at {here.loc[(m, r), 'fraction']:g}"
+        for m, r in cells
+    )
+    lines = [f"**Beside `{base.name}`** (rates chosen on the validation split at a smaller budget).", ""]
+    lines += [f"- **Chosen rates**: {rates}."]
+    mine, theirs = results
+    keys = ["method", "recipe", "fraction"]
+    for key, m in mine[mine["converted_bpb"].notna()].groupby(keys, sort=False):
+        t = theirs[(theirs[keys] == pd.Series(key, index=keys)).all(axis=1)]
+        if not len(t):
+            continue
+        new, old = ({c: f[c].to_numpy() for c in ("converted_bpb", "scratch_bpb")} for f in (m, t))
+        lines.append(
+            f"- **{key[0]} / {key[1]} at {key[2]:g}**: converted {t['converted_bpb'].mean():.3f} → "
+            f"{m['converted_bpb'].mean():.3f} ({welch_difference(new['converted_bpb'], old['converted_bpb'])}); "
+            f"from scratch {t['scratch_bpb'].mean():.3f} → {m['scratch_bpb'].mean():.3f} "
+            f"({welch_difference(new['scratch_bpb'], old['scratch_bpb'])}); recovery "
+            f"{mean_se(t['recovery'])} → {mean_se(m['recovery'])} (± the standard error over seeds); "
+            f"the conversion {'beats' if m['converted_bpb'].mean() < m['scratch_bpb'].mean() else 'does not beat'} "
+            f"scratch with the rates chosen at {key[2]:g}{_against_scratch(mine, m.iloc[0])}."
+        )
+    return lines + [""]
+
+
 def _noop_lines(wide: pd.DataFrame, narrow: pd.DataFrame) -> list[str]:
     """The no-op control (the teacher fine-tuned on the same tokens) per budget under both rate
     choices, in held-out bits per byte (mean over seeds; wider minus base with Welch's test)."""

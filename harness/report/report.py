@@ -36,6 +36,7 @@ from harness.report.controls import (
     controls_section,
     png_only,
     pooled_extension_lines,
+    rates_at_budget_lines,
     recovery_curve_lines,
     wider_sweep_lines,
 )
@@ -85,6 +86,7 @@ SECTIONS: tuple[str, ...] = (
     "recipes_controls_trained_teacher_small",
     "recipes_controls_trained_teacher",
     "recipes_controls_trained_teacher_large",
+    "recipes_controls_rates_at_budget",
     "hybrid_pareto",
     "mqar",
 )
@@ -978,6 +980,8 @@ def write_report(
             lines += controls_section(out)
         elif name == "recipes_controls_wider_sweep":
             lines += controls_section(out) + wider_sweep_lines(out, root / "recipes_controls")
+        elif name == "recipes_controls_rates_at_budget":
+            lines += controls_section(out) + rates_at_budget_lines(out, root / "recipes_controls_trained_teacher_large")
         elif name.startswith(("recipes_controls_extended", "recipes_controls_trained_teacher")):
             lines += controls_section(out) + controls_family_lines(root, name, ordered)
         elif name == "hybrid_pareto":
