@@ -390,17 +390,20 @@ def rates_at_budget_lines(out: Path, base: Path) -> list[str]:
         t = theirs[(theirs[keys] == pd.Series(key, index=keys)).all(axis=1)]
         if not len(t):
             continue
-        new, old = ({c: f[c].to_numpy() for c in ("converted_bpb", "scratch_bpb")} for f in (m, t))
         lines.append(
-            f"- **{key[0]} / {key[1]} at {key[2]:g}**: converted {t['converted_bpb'].mean():.3f} → "
-            f"{m['converted_bpb'].mean():.3f} ({welch_difference(new['converted_bpb'], old['converted_bpb'])}); "
-            f"from scratch {t['scratch_bpb'].mean():.3f} → {m['scratch_bpb'].mean():.3f} "
-            f"({welch_difference(new['scratch_bpb'], old['scratch_bpb'])}); recovery "
+            f"- **{key[0]} / {key[1]} at {key[2]:g}**: converted {_change(t, m, 'converted_bpb')}; from scratch "
+            f"{_change(t, m, 'scratch_bpb')}; recovery "
             f"{mean_se(t['recovery'])} → {mean_se(m['recovery'])} (± the standard error over seeds); "
             f"the conversion {'beats' if m['converted_bpb'].mean() < m['scratch_bpb'].mean() else 'does not beat'} "
             f"scratch with the rates chosen at {key[2]:g}{_against_scratch(mine, m.iloc[0])}."
         )
     return lines + [""]
+
+
+def _change(before: pd.DataFrame, after: pd.DataFrame, column: str) -> str:
+    """``column``'s mean over seeds before → after, and after minus before with Welch's test."""
+    b, a = before[column].to_numpy(), after[column].to_numpy()
+    return f"{b.mean():.3f} → {a.mean():.3f} ({welch_difference(a, b)})"
 
 
 def _noop_lines(wide: pd.DataFrame, narrow: pd.DataFrame) -> list[str]:
