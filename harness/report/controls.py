@@ -400,6 +400,75 @@ def rates_at_budget_lines(out: Path, base: Path) -> list[str]:
     return lines + [""]
 
 
+def whole_split_lines(out: Path, base: Path) -> list[str]:
+    """The same models scored on the whole held-out split (``out``, the ``whole_split`` runner) beside
+    the profile's sample of it (``base``, the experiment they come from): per cell the teacher's,
+    converted and from-scratch bits per byte and the recovery under both, converted minus scratch with
+    Welch's test over seeds under both, and each method against the first under both. A verdict read
+    off the sample that flips on the whole split is named: it rested on the sample."""
+    whole, sample = read_table(out / "results.csv"), read_table(base / "results.csv")
+    if whole is None or sample is None:
+        return []
+    keys = ["method", "recipe", "fraction", "seed"]
+    both = sample.merge(whole, on=keys, suffixes=(" sample", " whole")).dropna(
+        subset=["converted_bpb sample", "converted_bpb whole"]
+    )
+    if both.empty:
+        return [f"- No model in common with `{base.name}`: nothing to compare.", ""]
+    teacher = both[["teacher_bpb sample", "teacher_bpb whole"]].iloc[0]
+    lines = [
+        f"**Beside `{base.name}`** (the same models, scored on the profile's sample of the split). The teacher: "
+        f"{teacher['teacher_bpb sample']:.3f} bits per byte on the sample, {teacher['teacher_bpb whole']:.3f} on "
+        "the whole split.",
+        "",
+    ]
+    flipped = []
+    for (method, recipe, fraction), g in both.groupby(["method", "recipe", "fraction"], sort=False):
+        verdicts = {}
+        for where in ("sample", "whole"):
+            conv, scratch = g[f"converted_bpb {where}"].to_numpy(), g[f"scratch_bpb {where}"].to_numpy()
+            verdicts[where] = (welch_difference(conv, scratch), _significant_sign(conv, scratch))
+        lines.append(
+            f"- **{method} / {recipe} at {fraction:g}**: converted {g['converted_bpb sample'].mean():.3f} → "
+            f"{g['converted_bpb whole'].mean():.3f}; from scratch {g['scratch_bpb sample'].mean():.3f} → "
+            f"{g['scratch_bpb whole'].mean():.3f}; converted minus scratch {verdicts['sample'][0]} → "
+            f"{verdicts['whole'][0]}; recovery {mean_se(g['recovery sample'])} → {mean_se(g['recovery whole'])} "
+            "(sample → whole split; ± the standard error over seeds)."
+        )
+        if verdicts["sample"][1] != verdicts["whole"][1]:
+            flipped.append(f"{method} / {recipe} at {fraction:g} against scratch")
+    for (recipe, fraction), g in both.groupby(["recipe", "fraction"], sort=False):
+        methods = list(dict.fromkeys(g["method"]))
+        for other in methods[1:]:
+            pair = {}
+            for where in ("sample", "whole"):
+                a = g[g["method"] == other][f"converted_bpb {where}"].to_numpy()
+                b = g[g["method"] == methods[0]][f"converted_bpb {where}"].to_numpy()
+                pair[where] = (welch_difference(a, b), _significant_sign(a, b))
+            lines.append(
+                f"- **{recipe} at {fraction:g}, {other} minus {methods[0]}** (converted): {pair['sample'][0]} → "
+                f"{pair['whole'][0]}."
+            )
+            if pair["sample"][1] != pair["whole"][1]:
+                flipped.append(f"{other} against {methods[0]} ({recipe} at {fraction:g})")
+    lines.append(
+        "- **Verdicts that rest on the sample** (a significant difference on one and not the other, or of "
+        "opposite sign): " + ("; ".join(flipped) + "." if flipped else "none: every verdict holds on the whole split.")
+    )
+    return lines + [""]
+
+
+def _significant_sign(a: np.ndarray, b: np.ndarray) -> int:
+    """+1 / -1 where ``mean(a) - mean(b)`` is significant by Welch's test over seeds (at ``ALPHA``), else 0."""
+    if len(a) < 2 or len(b) < 2:
+        return 0
+    from scipy.stats import ttest_ind
+
+    if float(ttest_ind(a, b, equal_var=False).pvalue) > ALPHA:
+        return 0
+    return 1 if float(np.mean(a) - np.mean(b)) > 0 else -1
+
+
 def _change(before: pd.DataFrame, after: pd.DataFrame, column: str) -> str:
     """``column``'s mean over seeds before → after, and after minus before with Welch's test."""
     b, a = before[column].to_numpy(), after[column].to_numpy()

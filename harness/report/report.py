@@ -38,6 +38,7 @@ from harness.report.controls import (
     pooled_extension_lines,
     rates_at_budget_lines,
     recovery_curve_lines,
+    whole_split_lines,
     wider_sweep_lines,
 )
 from harness.report.figures import plot_recovery
@@ -87,6 +88,7 @@ SECTIONS: tuple[str, ...] = (
     "recipes_controls_trained_teacher",
     "recipes_controls_trained_teacher_large",
     "recipes_controls_rates_at_budget",
+    "recipes_controls_whole_split",
     "hybrid_pareto",
     "mqar",
 )
@@ -982,6 +984,8 @@ def write_report(
             lines += controls_section(out) + wider_sweep_lines(out, root / "recipes_controls")
         elif name == "recipes_controls_rates_at_budget":
             lines += controls_section(out) + rates_at_budget_lines(out, root / "recipes_controls_trained_teacher_large")
+        elif "of" in meta.get("params", {}) and (out / "table.csv").exists():  # whole_split of a controls experiment
+            lines += controls_section(out) + whole_split_lines(out, root / meta["params"]["of"])
         elif name.startswith(("recipes_controls_extended", "recipes_controls_trained_teacher")):
             lines += controls_section(out) + controls_family_lines(root, name, ordered)
         elif name == "hybrid_pareto":
