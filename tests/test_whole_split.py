@@ -21,7 +21,7 @@ from harness.pipeline.runners.whole_split import sample_rows, whole_split_profil
 from harness.pipeline.spec import EXPERIMENTS_DIR, SpecError, load_profile
 from harness.report.controls import whole_split_lines
 
-WRAPPER, INNER = "recipes_controls_whole_split", "recipes_controls_trained_teacher_large"
+WRAPPER, INNER = "whole_split_trained_teacher_large", "recipes_controls_trained_teacher_large"
 
 
 def results(folder: Path, converted: dict[str, list[float]], scratch: dict[str, list[float]]) -> Path:
@@ -74,6 +74,8 @@ def test_verdicts_that_hold_on_both_are_said_to_hold(tmp_path):
     whole = results(tmp_path / "whole", {"retnet": [1.48, 1.484]}, {"retnet": [1.69, 1.70]})
     assert whole_split_lines(whole, sample)[-2].endswith("none: every verdict holds on the whole split.")
     assert whole_split_lines(whole, tmp_path / "missing") == []
+    one_seed = results(tmp_path / "one", {"retnet": [1.48]}, {"retnet": [1.69]})
+    assert whole_split_lines(one_seed, sample)[-2].endswith("none to compare (one seed: no test).")
 
 
 def test_the_whole_split_is_more_text_than_the_profiles_sample():

@@ -451,6 +451,8 @@ def whole_split_lines(out: Path, base: Path) -> list[str]:
             )
             if pair["sample"][1] != pair["whole"][1]:
                 flipped.append(f"{other} against {methods[0]} ({recipe} at {fraction:g})")
+    if both.groupby(["method", "recipe", "fraction"])["seed"].nunique().max() < 2:
+        return lines + ["- **Verdicts that rest on the sample**: none to compare (one seed: no test).", ""]
     lines.append(
         "- **Verdicts that rest on the sample** (a significant difference on one and not the other, or of "
         "opposite sign): " + ("; ".join(flipped) + "." if flipped else "none: every verdict holds on the whole split.")

@@ -88,7 +88,8 @@ SECTIONS: tuple[str, ...] = (
     "recipes_controls_trained_teacher",
     "recipes_controls_trained_teacher_large",
     "recipes_controls_rates_at_budget",
-    "recipes_controls_whole_split",
+    "whole_split_trained_teacher",
+    "whole_split_trained_teacher_large",
     "hybrid_pareto",
     "mqar",
 )
