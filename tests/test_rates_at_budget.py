@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.report.controls import rates_at_budget_lines
+from tests.controls_results import write_results
 
 
 def experiment(folder: Path, fraction: float, rates: dict[str, float], converted: list[float], scratch: list[float]):
@@ -20,21 +21,7 @@ def experiment(folder: Path, fraction: float, rates: dict[str, float], converted
         dict(method="retnet", recipe=r, fraction=fraction, lr=lr, val_bpb=3.0, chosen=True) for r, lr in rates.items()
     ]
     pd.DataFrame(sweep).to_csv(folder / "lr_sweep.csv", index=False)
-    rows = [
-        dict(
-            method="retnet",
-            recipe="paper",
-            fraction=0.25,
-            seed=s,
-            converted_bpb=c,
-            scratch_bpb=x,
-            teacher_bpb=0.9,
-            recovery=(x - c) / (x - 0.9),
-        )
-        for s, (c, x) in enumerate(zip(converted, scratch))
-    ]
-    pd.DataFrame(rows).to_csv(folder / "results.csv", index=False)
-    return folder
+    return write_results(folder, {"retnet": (converted, scratch)})
 
 
 def test_a_control_tuned_at_the_budget_shows_what_the_small_budgets_rate_cost(tmp_path):

@@ -20,29 +20,14 @@ from harness.pipeline.runners import get_runner, load_experiment, runner_params
 from harness.pipeline.runners.whole_split import sample_rows, whole_split_profile
 from harness.pipeline.spec import EXPERIMENTS_DIR, SpecError, load_profile
 from harness.report.controls import whole_split_lines
+from tests.controls_results import write_results
 
 WRAPPER, INNER = "whole_split_trained_teacher_large", "recipes_controls_trained_teacher_large"
 
 
 def results(folder: Path, converted: dict[str, list[float]], scratch: dict[str, list[float]]) -> Path:
     """A controls experiment's ``results.csv``: per method, its seeds' converted and scratch bpb at 1/4."""
-    folder.mkdir()
-    rows = [
-        dict(
-            method=m,
-            recipe="paper",
-            fraction=0.25,
-            seed=s,
-            converted_bpb=c,
-            scratch_bpb=x,
-            teacher_bpb=0.9,
-            recovery=(x - c) / (x - 0.9),
-        )
-        for m in converted
-        for s, (c, x) in enumerate(zip(converted[m], scratch[m]))
-    ]
-    pd.DataFrame(rows).to_csv(folder / "results.csv", index=False)
-    return folder
+    return write_results(folder, {m: (converted[m], scratch[m]) for m in converted})
 
 
 def test_a_verdict_that_rests_on_the_sample_is_named(tmp_path):
