@@ -2,10 +2,11 @@
 
 A profile scores held-out bits per byte on a sample of the test split (``eval.data``'s
 ``ppl_max_docs`` documents, the first ``ppl_max_chars`` characters of each), which keeps scoring
-cheap across hundreds of runs. A sample made of the openings of a few documents is not the
-split: in a corpus of source files the openings are licence headers, docstrings and imports, text
-far easier to predict than the rest. A comparison read off that sample means something about the
-held-out text only if it holds on the whole split.
+cheap across hundreds of runs. The openings of the first few documents are not the split: in a
+corpus of source files they are licence headers, docstrings and imports, and documents in name order
+bunch by package (generated codec modules, say), text that can be far easier or harder to predict
+than the rest. A comparison read off the sample means something about the held-out text only if it
+holds on the whole split; the report sets the two side by side.
 
 ``whole_split`` re-runs the experiment named by ``of`` (at the same profile, with its own
 parameters and runner) with the cap on the perplexity documents lifted: every run is reused by its
@@ -84,6 +85,8 @@ class WholeSplitRunner(Runner):
         theirs = get_runner(inner).code_fingerprint(inner, runner_params(inner))
         definition = stages.config_key([p.of, inner.runner, inner.params])
         files = {**own.files, **theirs.files, f"experiments/{p.of}.yaml (definition)": definition}
+        # the digest as harness.training.fingerprint.fingerprint makes it (that module is in every
+        # experiment's fingerprint, so it is not edited to share this line)
         digest = hashlib.sha256("".join(f"{k}\0{v}\n" for k, v in sorted(files.items())).encode()).hexdigest()
         return Fingerprint(digest[: len(own.digest)], files)
 
