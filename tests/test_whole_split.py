@@ -50,7 +50,8 @@ def test_a_verdict_that_rests_on_the_sample_is_named(tmp_path):
     assert pair.endswith("+0.010 bpb (p = 0.29, not significant) → +0.051 bpb (p = 0.0075, significant).")
     (verdict,) = [line for line in lines if line.startswith("- **Verdicts that rest on the sample**")]
     # RetNet beats its scratch control on both, so only DiJiang's verdict and the pair's are named
-    assert "dijiang / paper at 0.25 against scratch" in verdict and "retnet against dijiang (paper at 0.25)" in verdict
+    assert "dijiang / paper at 0.25 against scratch (significant on the whole split only)" in verdict
+    assert "retnet against dijiang, paper at 0.25 (significant on the whole split only)" in verdict
     assert "retnet / paper at 0.25 against scratch" not in verdict
 
 
@@ -121,3 +122,11 @@ def test_it_trains_nothing_and_scores_every_model_on_the_larger_sample(tmp_path)
         assert (inner[column] != wrapper[column]).all(), column
     meta = json.loads((tmp_path / "smoke" / WRAPPER / "meta.json").read_text())
     assert "3 documents, 9,000 bytes" in meta["notes"][0] and "2 documents, 2,000 bytes" in meta["notes"][0]
+
+
+def test_a_flip_says_which_way(tmp_path):
+    sample = results(tmp_path / "sample", {"retnet": [1.0, 1.01]}, {"retnet": [1.2, 1.21]})
+    opposite = results(tmp_path / "opposite", {"retnet": [1.5, 1.51]}, {"retnet": [1.3, 1.31]})
+    vanished = results(tmp_path / "vanished", {"retnet": [1.2, 1.5]}, {"retnet": [1.3, 1.6]})
+    assert "(opposite signs)" in whole_split_lines(opposite, sample)[-2]
+    assert "(significant on the sample only)" in whole_split_lines(vanished, sample)[-2]

@@ -436,7 +436,7 @@ def whole_split_lines(out: Path, base: Path) -> list[str]:
             "(sample → whole split; ± the standard error over seeds)."
         )
         if verdicts["sample"][1] != verdicts["whole"][1]:
-            flipped.append(f"{method} / {recipe} at {fraction:g} against scratch")
+            flipped.append(f"{method} / {recipe} at {fraction:g} against scratch ({_flip(verdicts)})")
     for (recipe, fraction), g in both.groupby(["recipe", "fraction"], sort=False):
         methods = list(dict.fromkeys(g["method"]))
         for other in methods[1:]:
@@ -450,7 +450,7 @@ def whole_split_lines(out: Path, base: Path) -> list[str]:
                 f"{pair['whole'][0]}."
             )
             if pair["sample"][1] != pair["whole"][1]:
-                flipped.append(f"{other} against {methods[0]} ({recipe} at {fraction:g})")
+                flipped.append(f"{other} against {methods[0]}, {recipe} at {fraction:g} ({_flip(pair)})")
     if both.groupby(["method", "recipe", "fraction"])["seed"].nunique().max() < 2:
         return lines + ["- **Verdicts that rest on the sample**: none to compare (one seed: no test).", ""]
     lines.append(
@@ -458,6 +458,14 @@ def whole_split_lines(out: Path, base: Path) -> list[str]:
         "opposite sign): " + ("; ".join(flipped) + "." if flipped else "none: every verdict holds on the whole split.")
     )
     return lines + [""]
+
+
+def _flip(verdicts: dict[str, tuple[str, int]]) -> str:
+    """How a verdict differs between the sample and the whole split (their significant signs differ)."""
+    sample, whole = verdicts["sample"][1], verdicts["whole"][1]
+    if sample and whole:
+        return "opposite signs"
+    return "significant on the sample only" if sample else "significant on the whole split only"
 
 
 def _significant_sign(a: np.ndarray, b: np.ndarray) -> int:
