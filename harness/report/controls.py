@@ -9,7 +9,7 @@ Recovery is ``(scratch - converted) / (scratch - teacher)`` in held-out bits per
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -283,15 +283,21 @@ def _mean_bpb_by(
         yield key, g, g.groupby(over)["converted_bpb"].mean().sort_values()
 
 
+def welch_p(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Welch's two-sided t-test p-value for ``mean(a) - mean(b)`` over seeds; None with one seed on a side."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy.stats import ttest_ind
+
+    return float(ttest_ind(a, b, equal_var=False).pvalue)
+
+
 def welch_difference(theirs: np.ndarray, mine: np.ndarray) -> str:
     """``mean(theirs) - mean(mine)`` in bits per byte with Welch's two-sided t-test over seeds
     (significant at ``ALPHA``), or a note that one seed allows no test."""
-    diff = float(np.mean(theirs) - np.mean(mine))
-    if len(mine) < 2 or len(theirs) < 2:
+    diff, p = float(np.mean(theirs) - np.mean(mine)), welch_p(theirs, mine)
+    if p is None:
         return f"{diff:+.3f} (one seed: no test)"
-    from scipy.stats import ttest_ind
-
-    p = float(ttest_ind(theirs, mine, equal_var=False).pvalue)
     return f"{diff:+.3f} bpb ({format_p(p)}, {'significant' if p <= ALPHA else 'not significant'})"
 
 
@@ -424,10 +430,7 @@ def whole_split_lines(out: Path, base: Path) -> list[str]:
     ]
     flipped = []
     for (method, recipe, fraction), g in both.groupby(["method", "recipe", "fraction"], sort=False):
-        verdicts = {}
-        for where in ("sample", "whole"):
-            conv, scratch = g[f"converted_bpb {where}"].to_numpy(), g[f"scratch_bpb {where}"].to_numpy()
-            verdicts[where] = (welch_difference(conv, scratch), _significant_sign(conv, scratch))
+        verdicts = _on_both(lambda w, g=g: (g[f"converted_bpb {w}"].to_numpy(), g[f"scratch_bpb {w}"].to_numpy()))
         lines.append(
             f"- **{method} / {recipe} at {fraction:g}**: converted {g['converted_bpb sample'].mean():.3f} → "
             f"{g['converted_bpb whole'].mean():.3f}; from scratch {g['scratch_bpb sample'].mean():.3f} → "
@@ -440,11 +443,12 @@ def whole_split_lines(out: Path, base: Path) -> list[str]:
     for (recipe, fraction), g in both.groupby(["recipe", "fraction"], sort=False):
         methods = list(dict.fromkeys(g["method"]))
         for other in methods[1:]:
-            pair = {}
-            for where in ("sample", "whole"):
-                a = g[g["method"] == other][f"converted_bpb {where}"].to_numpy()
-                b = g[g["method"] == methods[0]][f"converted_bpb {where}"].to_numpy()
-                pair[where] = (welch_difference(a, b), _significant_sign(a, b))
+            pair = _on_both(
+                lambda w, g=g, other=other, first=methods[0]: (
+                    g[g["method"] == other][f"converted_bpb {w}"].to_numpy(),
+                    g[g["method"] == first][f"converted_bpb {w}"].to_numpy(),
+                )
+            )
             lines.append(
                 f"- **{recipe} at {fraction:g}, {other} minus {methods[0]}** (converted): {pair['sample'][0]} → "
                 f"{pair['whole'][0]}."
@@ -460,6 +464,12 @@ def whole_split_lines(out: Path, base: Path) -> list[str]:
     return lines + [""]
 
 
+def _on_both(arrays: Callable[[str], tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple[str, int]]:
+    """Per split ("sample", "whole"): ``a - b`` with Welch's test in words, and its significant sign
+    (:func:`_significant_sign`), where ``arrays(split)`` gives the two per-seed arrays."""
+    return {w: (welch_difference(*arrays(w)), _significant_sign(*arrays(w))) for w in ("sample", "whole")}
+
+
 def _flip(verdicts: dict[str, tuple[str, int]]) -> str:
     """How a verdict differs between the sample and the whole split (their significant signs differ)."""
     sample, whole = verdicts["sample"][1], verdicts["whole"][1]
@@ -470,11 +480,8 @@ def _flip(verdicts: dict[str, tuple[str, int]]) -> str:
 
 def _significant_sign(a: np.ndarray, b: np.ndarray) -> int:
     """+1 / -1 where ``mean(a) - mean(b)`` is significant by Welch's test over seeds (at ``ALPHA``), else 0."""
-    if len(a) < 2 or len(b) < 2:
-        return 0
-    from scipy.stats import ttest_ind
-
-    if float(ttest_ind(a, b, equal_var=False).pvalue) > ALPHA:
+    p = welch_p(a, b)
+    if p is None or p > ALPHA:
         return 0
     return 1 if float(np.mean(a) - np.mean(b)) > 0 else -1
 

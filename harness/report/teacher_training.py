@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import ttest_ind
 
-from harness.report.controls import POOL_TOLERANCE, THREAD_TOLERANCE, mean_se, welch_difference
+from harness.report.controls import POOL_TOLERANCE, THREAD_TOLERANCE, mean_se, welch_difference, welch_p
 from harness.report.markdown import md_table, read_table
 from harness.report.stats import ALPHA, format_p
 
@@ -149,9 +148,9 @@ def _verdict(method: str, recipe: str, mine: pd.DataFrame, base: pd.DataFrame) -
     teacher (both by Welch's t-test over seeds, at the report's alpha)?"""
 
     def judged(a: np.ndarray, b: np.ndarray, lower: str, higher: str) -> str:
-        if len(a) < 2 or len(b) < 2:
+        p = welch_p(a, b)
+        if p is None:
             return f"{lower if a.mean() < b.mean() else higher} (one seed: untested)"
-        p = float(ttest_ind(a, b, equal_var=False).pvalue)
         if p > ALPHA:
             return f"not significantly different ({format_p(p)})"
         return f"{lower if a.mean() < b.mean() else higher} ({format_p(p)})"
