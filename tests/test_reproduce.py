@@ -76,6 +76,10 @@ def test_every_experiment_writes_results_and_report(smoke):
     for name in experiment_names():
         assert f"## {name}" in report
     assert "Kendall" in report
+    # the held-out text is named, with its size: smoke's is 2 documents of at most 1,000 characters
+    (held,) = [ln for ln in report.splitlines() if ln.startswith("Held-out bits per byte are scored on ")]
+    assert "the first 1000 characters of the first 2 documents of the test split (2 documents, " in held
+    assert 1000 < int(held.split("documents, ")[1].split(" bytes")[0].replace(",", "")) <= 2000
     speed = report.split("## fig4_speed_memory")[1].split("\n## ")[0]  # throughput against softmax, per phase
     for phase in ("prefill", "decode"):
         assert f"{phase}** — tokens/s (x softmax, same sweep)" in speed

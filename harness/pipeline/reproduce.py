@@ -192,6 +192,16 @@ def why_run(exp: Experiment, out: Path, force: bool = False) -> str | None:
     return None
 
 
+def heldout_text(profile: Profile) -> str | None:
+    """The text a profile scores held-out bits per byte on, in words (``the whole test split (35
+    documents, 701,863 bytes)``); None where it scores no held-out text."""
+    if "heldout_ppl" not in (profile.eval.get("tasks") or []):
+        return None
+    from harness.pipeline.runners.whole_split import sample_description, sample_size
+
+    return f"{sample_description(profile)} ({sample_size(profile)})"
+
+
 def run_experiment(
     exp: Experiment, ctx: stages.Context, force: bool = False, notes: tuple[str, ...] = (), tag: str | None = None
 ) -> bool:
@@ -365,7 +375,7 @@ def reproduce(
     from harness.report.report import write_report
 
     shipped = {t.name: t.shipped for t in profile.teachers.values() if t.shipped}
-    report = write_report(profile.name, results_dir, defined_for(profile.name), shipped)
+    report = write_report(profile.name, results_dir, defined_for(profile.name), shipped, heldout_text(profile))
     reused = len(exps) - ran
     say(f"finished in {time.time() - start:.0f}s: {ran} experiment(s) ran, {reused} reused; report: {shown(report)}")
     ref = stages.RESULTS_DIR / profile.name

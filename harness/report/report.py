@@ -89,6 +89,7 @@ SECTIONS: tuple[str, ...] = (
     "recipes_controls_trained_teacher_large",
     "recipes_controls_rates_at_budget",
     "whole_split_trained_teacher_small",
+    "whole_split_trained_teacher",
     "whole_split_trained_teacher_large",
     "hybrid_pareto",
     "mqar",
@@ -918,11 +919,16 @@ def section_order(metas: dict[str, dict]) -> list[str]:
 
 
 def write_report(
-    profile: str, results_dir: Path, experiments: list[str] | None = None, shipped: dict[str, str] | None = None
+    profile: str,
+    results_dir: Path,
+    experiments: list[str] | None = None,
+    shipped: dict[str, str] | None = None,
+    heldout: str | None = None,
 ) -> Path:
     """Write ``<results_dir>/<profile>/REPORT.md`` from the experiments found there. ``experiments``:
     every experiment the suite defines (those not found are listed as not yet run); ``shipped``: the
-    profile's shipped teachers (name -> folder), whose convergence curves the report shows."""
+    profile's shipped teachers (name -> folder), whose convergence curves the report shows; ``heldout``:
+    the text the profile's held-out bits per byte are scored on, in words (None: it scores none)."""
     root = results_dir / profile
     paper_dir = PAPER_DIR
     metas = {p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob("*/meta.json"))}
@@ -936,6 +942,7 @@ def write_report(
         "so every accuracy below carries its standard error, and a difference between two models counts only "
         "where a paired test over the items both scored (with the spread across seeds) says so.",
         "",
+        *([f"Held-out bits per byte are scored on {heldout}.", ""] if heldout else []),
         f"Every number below was produced by `./reproduce.sh --profile {profile}`; the paper's numbers come from "
         "`results/paper/` (transcribed from the paper). Where our results disagree with the paper, the report says "
         "so.",
