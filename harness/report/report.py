@@ -89,7 +89,6 @@ SECTIONS: tuple[str, ...] = (
     "recipes_controls_trained_teacher_large",
     "recipes_controls_rates_at_budget",
     "whole_split_trained_teacher_small",
-    "whole_split_trained_teacher",
     "whole_split_trained_teacher_large",
     "hybrid_pareto",
     "mqar",
