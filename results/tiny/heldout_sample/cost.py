@@ -1,9 +1,9 @@
 """What tiny's held-out sample costs to score: one model (the converged tiny-m teacher) scored with
 the profile's tasks under the old sample (the first 4,000 characters of the first 16 test documents)
 and the new one (the first 8,000 characters of every test document), alternating, 3 times each after
-a warm-up, on this machine's 2 torch threads. Writes ``heldout_cost.json`` beside this file.
+a warm-up, on this machine's 2 torch threads. Writes ``cost.json`` beside this file.
 
-Run from the repository root: ``.venv/bin/python results/tiny/heldout_cost/measure.py``."""
+Run from the repository root: ``.venv/bin/python results/tiny/heldout_sample/cost.py``."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def main() -> None:
             for t, tasks in TASKS.items():
                 times[s][t].append(round(seconds(sample, tasks), 2))
     out = {"environment": environment(), "seconds": times}
-    atomic_write_json(Path(__file__).with_name("heldout_cost.json"), out)
+    atomic_write_json(Path(__file__).with_name("cost.json"), out)
     print(json.dumps(out["seconds"], indent=1))
 
 
