@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.pipeline.reproduce import ordered
+from harness.pipeline.reproduce import heldout_text, ordered
 from harness.pipeline.runners import RUNNERS, load_experiment, runner_params
 from harness.pipeline.spec import SpecError, experiment_names, load_profile
 from harness.training import fingerprint
@@ -86,6 +86,16 @@ def test_every_experiment_writes_results_and_report(smoke):
     assert "| softmax" in speed and "(1.00x)" in speed and "prefill peak memory" in speed
     kernel = report.split("## kernel_ablation")[1].split("\n## ")[0]  # a verdict per input set
     assert kernel.count("the claimed ~1/m rate") == 2 and "gaussian std" in kernel
+
+
+def test_each_profile_names_the_held_out_text_it_scores():
+    """tiny scores every test document's first 8,000 characters, the grids their 16-document sample,
+    and a profile without held-out perplexity names none."""
+    assert heldout_text(load_profile("tiny")) == (
+        "the first 8000 characters of every document of the test split (35 documents, 211,480 bytes)"
+    )
+    assert heldout_text(load_profile("grid-64m")).startswith("the first 4000 characters of the first 16 documents")
+    assert heldout_text(load_profile("paper-offline")) is None
 
 
 def test_first_run_trains_quietly_and_is_compared_with_the_reference(smoke):
