@@ -86,6 +86,7 @@ SECTIONS: tuple[str, ...] = (
     "recipes_controls_extended_baselines_distill",
     "recipes_controls_trained_teacher_small",
     "recipes_controls_trained_teacher",
+    "recipes_controls_trained_teacher_three_seeds",
     "recipes_controls_trained_teacher_large",
     "recipes_controls_rates_at_budget",
     "whole_split_trained_teacher_small",
