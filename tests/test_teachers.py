@@ -457,6 +457,36 @@ def test_extensions_are_pooled_only_when_their_shared_controls_agree(tmp_path):
     assert pooled_extension_lines([ext, tmp_path / "missing"]) == []
 
 
+def test_a_repeated_cell_says_how_far_its_two_runs_are_apart(tmp_path):
+    """An experiment that runs a cell (method, recipe, budget, seed) that an earlier one ran says, per
+    column, whether the two runs agree to the bit or how far apart they are; cells it does not share,
+    and an experiment that shares none, say nothing."""
+    from harness.report.controls import repeated_cells_lines
+
+    def results(folder: str, rows: list[tuple]) -> Path:
+        out = tmp_path / folder
+        out.mkdir()
+        cols = ["method", "recipe", "fraction", "seed", "lr", "scratch_lr", "converted_bpb", "scratch_bpb"]
+        frame = pd.DataFrame(rows, columns=cols).assign(noop_bpb=0.88, teacher_bpb=0.92)
+        frame.to_csv(out / "results.csv", index=False)
+        return out
+
+    before = results("before", [("dijiang", "paper", 0.0625, 0, 6e-3, 4e-3, 1.2607, 1.4347)])
+    mine = results(
+        "mine",
+        [
+            ("dijiang", "paper", 0.0625, 0, 6e-3, 4e-3, 1.2607, 1.4391),  # repeated: scratch moved
+            ("dijiang", "paper", 0.0625, 2, 6e-3, 4e-3, 1.2700, 1.4500),  # a new seed
+        ],
+    )
+    (line,) = [x for x in repeated_cells_lines(mine, [before]) if x]
+    assert "**Repeats `before`**: 1 cell (method, recipe, budget, seed) ran in both, at the same rates" in line
+    assert "converted to the bit" in line and "from scratch 0.004 apart" in line
+    assert "no-op to the bit" in line and "teacher to the bit" in line
+    other = results("other", [("retnet", "paper", 0.0625, 0, 3e-3, 4e-3, 1.27, 1.73)])
+    assert repeated_cells_lines(mine, [other, tmp_path / "missing"]) == []
+
+
 def test_each_conversion_is_tested_against_its_from_scratch_control_over_seeds(tmp_path):
     """ "Beats scratch" carries Welch's test over the seeds of results.csv: a lead of 0.02 bpb over
     seeds that spread as much is named, with its p, as not significant."""

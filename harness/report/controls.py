@@ -204,6 +204,48 @@ def pooled_extension_lines(outs: list[Path], best: str = PAPER_BEST) -> list[str
     ]
 
 
+#: a cell that two experiments can both have run: the same conversion of the same teacher, budget and seed
+REPEAT_KEYS = ["method", "recipe", "fraction", "seed"]
+#: the held-out bits per byte a repeated cell carries, and what each is
+REPEAT_COLUMNS = {
+    "converted_bpb": "converted",
+    "scratch_bpb": "from scratch",
+    "noop_bpb": "no-op",
+    "teacher_bpb": "teacher",
+}
+
+
+def repeated_cells_lines(out: Path, earlier: list[Path]) -> list[str]:
+    """The cells (method, recipe, budget, seed) that ``out`` ran again after an ``earlier`` experiment
+    of the same teacher had run them: per earlier experiment and column (the converted model, its
+    from-scratch and no-op controls, the teacher), how far the two runs of each cell are apart in
+    held-out bits per byte. The same run on the same code, rate and torch thread count repeats to the
+    bit; another thread count moves it by up to :data:`THREAD_TOLERANCE`, other data or rates by more."""
+    mine = read_table(out / "results.csv")
+    lines: list[str] = []
+    for base in earlier:
+        theirs = read_table(base / "results.csv")
+        if mine is None or theirs is None or not set(REPEAT_KEYS) <= set(theirs.columns) & set(mine.columns):
+            continue
+        both = mine.merge(theirs, on=REPEAT_KEYS, suffixes=("", " before"))
+        if both.empty:
+            continue
+        parts = []
+        for column, label in REPEAT_COLUMNS.items():
+            gap = float((both[column] - both[f"{column} before"]).abs().max())
+            worded = "to the bit" if gap == 0 else f"within {gap:.1e}" if gap <= POOL_TOLERANCE else f"{gap:.3f} apart"
+            parts.append(f"{label} {worded}")
+        moved = both[(both["lr"] != both["lr before"]) | (both["scratch_lr"] != both["scratch_lr before"])]
+        rates = f"; {len(moved)} of them at another learning rate" if len(moved) else ", at the same rates"
+        lines.append(
+            f"- **Repeats `{base.name}`**: {len(both)} cell{'s' if len(both) > 1 else ''} (method, recipe, budget, seed) "
+            f"ran in both{rates}. "
+            f"Held-out bits per byte, at most: {'; '.join(parts)} (the same run, code and thread count repeat to "
+            f"the bit; another torch thread count moves a run by up to {THREAD_TOLERANCE:g})."
+        )
+    return lines + [""] if lines else []
+
+
 def lr_sweep_lines(out: Path) -> list[str]:
     """The learning-rate sweep behind the controls: validation bits per byte per rate, chosen in bold."""
     sweep = read_table(out / "lr_sweep.csv")

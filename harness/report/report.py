@@ -38,6 +38,7 @@ from harness.report.controls import (
     pooled_extension_lines,
     rates_at_budget_lines,
     recovery_curve_lines,
+    repeated_cells_lines,
     whole_split_lines,
     wider_sweep_lines,
 )
@@ -897,6 +898,7 @@ def controls_family_lines(root: Path, name: str, ordered: list[str]) -> list[str
     family = [n for n in ordered if n.startswith(prefix)]
     members = family if trained else ["recipes_controls", *family]
     lines = budget_trend_lines(root / name, [root / n for n in members if n != name])
+    lines += repeated_cells_lines(root / name, [root / n for n in members[: members.index(name)]])
     if trained:  # beside the grid's teacher at the same tokens
         grid = [
             p
