@@ -238,8 +238,8 @@ def repeated_cells_lines(out: Path, earlier: list[Path]) -> list[str]:
         moved = both[(both["lr"] != both["lr before"]) | (both["scratch_lr"] != both["scratch_lr before"])]
         rates = f"; {len(moved)} of them at another learning rate" if len(moved) else ", at the same rates"
         lines.append(
-            f"- **Repeats `{base.name}`**: {len(both)} cell{'s' if len(both) > 1 else ''} (method, recipe, budget, seed) "
-            f"ran in both{rates}. "
+            f"- **Repeats `{base.name}`**: {len(both)} cell{'s' if len(both) > 1 else ''} "
+            f"(method, recipe, budget, seed) ran in both{rates}. "
             f"Held-out bits per byte, at most: {'; '.join(parts)} (the same run, code and thread count repeat to "
             f"the bit; another torch thread count moves a run by up to {THREAD_TOLERANCE:g})."
         )
