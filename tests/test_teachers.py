@@ -483,6 +483,10 @@ def test_a_repeated_cell_says_how_far_its_two_runs_are_apart(tmp_path):
     assert "**Repeats `before`**: 1 cell (method, recipe, budget, seed) ran in both, at the same rates" in line
     assert "converted to the bit" in line and "from scratch 0.004 apart" in line
     assert "no-op to the bit" in line and "teacher to the bit" in line
+    rerated = results("rerated", [("dijiang", "paper", 0.0625, 0, 3e-3, 4e-3, 1.2655, 1.4347)])
+    (line,) = [x for x in repeated_cells_lines(rerated, [before]) if x]
+    assert "1 cell (method, recipe, budget, seed) ran in both; 1 of them at another learning rate" in line
+    assert "converted 0.005 apart" in line and "from scratch to the bit" in line
     other = results("other", [("retnet", "paper", 0.0625, 0, 3e-3, 4e-3, 1.27, 1.73)])
     assert repeated_cells_lines(mine, [other, tmp_path / "missing"]) == []
 

@@ -225,10 +225,12 @@ def repeated_cells_lines(out: Path, earlier: list[Path]) -> list[str]:
     bit; on another thread count it does not (by 0.012-0.016 for DiJiang from scratch at 4M tokens, one
     thread against two: ``results/grid-64m``, recipes_controls_trained_teacher_three_seeds)."""
     mine = read_table(out / "results.csv")
+    if mine is None:
+        return []
     lines: list[str] = []
     for base in earlier:
         theirs = read_table(base / "results.csv")
-        if mine is None or theirs is None or not set(REPEAT_KEYS) <= set(theirs.columns) & set(mine.columns):
+        if theirs is None or not set(REPEAT_KEYS) <= set(theirs.columns) & set(mine.columns):
             continue
         both = mine.merge(theirs, on=REPEAT_KEYS, suffixes=("", " before"))
         if both.empty:
@@ -238,7 +240,8 @@ def repeated_cells_lines(out: Path, earlier: list[Path]) -> list[str]:
             gap = float((both[column] - both[f"{column} before"]).abs().max())
             worded = "to the bit" if gap == 0 else f"within {gap:.1e}" if gap <= POOL_TOLERANCE else f"{gap:.3f} apart"
             parts.append(f"{label} {worded}")
-        moved = both[(both["lr"] != both["lr before"]) | (both["scratch_lr"] != both["scratch_lr before"])]
+        rated = [c for c in ("lr", "scratch_lr") if c in both.columns and f"{c} before" in both.columns]
+        moved = both[(both[rated] != both[[f"{c} before" for c in rated]].to_numpy()).any(axis=1)]
         rates = f"; {len(moved)} of them at another learning rate" if len(moved) else ", at the same rates"
         lines.append(
             f"- **Repeats `{base.name}`**: {len(both)} cell{'s' if len(both) > 1 else ''} "
