@@ -92,6 +92,7 @@ SECTIONS: tuple[str, ...] = (
     "recipes_controls_rates_at_budget",
     "whole_split_trained_teacher_small",
     "whole_split_trained_teacher_large",
+    "whole_split_trained_teacher_three_seeds",
     "hybrid_pareto",
     "mqar",
 )
