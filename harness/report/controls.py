@@ -23,8 +23,9 @@ from harness.report.stats import ALPHA, format_p
 #: "near-equal" in the paper's claim, as we test it: converted within this fraction of the teacher's bpb
 NEAR_EQUAL = 0.02
 #: bits per byte by which experiments' shared controls may differ and still be pooled. The same run
-#: repeats exactly on the same code and torch thread count; on another thread count it can move by more
-#: (RetNet at 1/64: 0.005, one thread against two), as much as the seed spread of some cells.
+#: repeats exactly on the same code, torch thread count and CPU; on another thread count or CPU it can move
+#: by more (RetNet at 1/64: 0.005, one thread against two; RetNet from scratch in tiny: 0.021 on another
+#: CPU, results/tiny/repeat), as much as the seed spread of some cells.
 POOL_TOLERANCE = 1e-3
 #: bits per byte by which the same run (code, data, rate, seed) can move between torch thread counts
 #: (RetNet at 1/64: 0.005, one thread against two): the most two experiments' shared controls may differ
@@ -221,9 +222,10 @@ def repeated_cells_lines(out: Path, earlier: list[Path]) -> list[str]:
     """The cells (method, recipe, budget, seed) that ``out`` ran again after an ``earlier`` experiment
     of the same teacher had run them: per earlier experiment and column (the converted model, its
     from-scratch and no-op controls, the teacher), how far the two runs of each cell are apart in
-    held-out bits per byte. The same run on the same code, rate and torch thread count repeats to the
-    bit; on another thread count it does not (by 0.012-0.016 for DiJiang from scratch at 4M tokens, one
-    thread against two: ``results/grid-64m``, recipes_controls_trained_teacher_three_seeds)."""
+    held-out bits per byte. The same run on the same code, rate, torch thread count and CPU repeats to
+    the bit; on another thread count or CPU it need not (by 0.012-0.016 for DiJiang from scratch at 4M
+    tokens, one thread against two: ``results/grid-64m``; by up to 0.021 for RetNet from scratch in tiny
+    on another CPU: ``results/tiny/repeat``)."""
     mine = read_table(out / "results.csv")
     if mine is None:
         return []
@@ -246,8 +248,8 @@ def repeated_cells_lines(out: Path, earlier: list[Path]) -> list[str]:
         lines.append(
             f"- **Repeats `{base.name}`**: {len(both)} cell{'s' if len(both) > 1 else ''} "
             f"(method, recipe, budget, seed) ran in both{rates}. "
-            f"Held-out bits per byte, at most: {'; '.join(parts)} (the same run on the same code, rate and torch "
-            "thread count repeats to the bit; on another thread count it does not)."
+            f"Held-out bits per byte, at most: {'; '.join(parts)} (the same run on the same code, rate, torch "
+            "thread count and CPU repeats to the bit; on another thread count or CPU it need not)."
         )
     return lines + [""] if lines else []
 
