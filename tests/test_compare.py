@@ -134,3 +134,42 @@ def test_float_rounding_is_no_difference_but_a_real_change_still_is(tmp_path):
     assert not ok and verdicts(frame)[("kernel_ablation", "loglog_slope")] == "no noise estimate"
     frame, ok = compare(a, write_run(tmp_path / "d", params=1000.0001))
     assert not ok and verdicts(frame)[("table1_scale", "params")] == "DIFFERS"
+
+
+def write_recipes(root: Path, shift: float = 0.0) -> Path:
+    """A recipes table (two cells, means over 3 seeds) beside its per-seed results.csv; no Table 2, as
+    in the grid profiles. Seed spread: cell sd 0.01 and 0.03, median 0.02."""
+    folder = root / "recipes_controls"
+    folder.mkdir(parents=True)
+    per_seed = pd.DataFrame(
+        {
+            "method": ["dijiang"] * 6,
+            "recipe": ["paper"] * 3 + ["transfer"] * 3,
+            "fraction": [0.0625] * 6,
+            "seed": [0, 1, 2] * 2,
+            "converted_bpb": [1.26, 1.27, 1.28, 1.18, 1.21, 1.24],
+            "noop_bpb": [0.88] * 6,
+        }
+    )
+    per_seed["converted_bpb"] += shift
+    per_seed.to_csv(folder / "results.csv", index=False)
+    table = per_seed.groupby(["method", "recipe", "fraction"], as_index=False)[["converted_bpb", "noop_bpb"]].mean()
+    table.assign(seeds=3).to_csv(folder / "table.csv", index=False)
+    return root
+
+
+def test_a_table_with_per_seed_rows_is_judged_by_its_own_seed_spread(tmp_path):
+    """With no Table 2 to borrow from, the recipes table's own seed spread judges it: a mean over 3 seeds
+    may move by 3 x 0.02 x sqrt(2/3) = 0.049; a metric with no spread (the no-op here) stays unjudged
+    unless equal."""
+    a = write_recipes(tmp_path / "a")
+    frame, ok = compare(a, write_recipes(tmp_path / "b", shift=0.04))
+    row = frame.set_index("metric").loc["converted_bpb"]
+    assert ok and row["noise"] == "seeds (own)" and abs(row["tolerance"] - 0.0490) < 1e-3
+    assert frame.set_index("metric").loc["noop_bpb", "verdict"] == "identical"
+    frame, ok = compare(a, write_recipes(tmp_path / "c", shift=0.06))
+    assert not ok and verdicts(frame)[("recipes_controls", "converted_bpb")] == "DIFFERS"
+    (tmp_path / "a" / "recipes_controls" / "results.csv").unlink()
+    (tmp_path / "c" / "recipes_controls" / "results.csv").unlink()
+    frame, ok = compare(a, tmp_path / "c")
+    assert not ok and verdicts(frame)[("recipes_controls", "converted_bpb")] == "no noise estimate"

@@ -15,7 +15,10 @@ The noise of a metric comes from the runs themselves, never from a constant:
 * **Seed noise.** Table 2 trains every method with several seeds and records the standard deviation
   across seeds of each metric (``<metric> sd``). A mean over ``n`` seeds then differs between two runs
   by about ``sd * sqrt(2 / n)`` and a single run by ``sd * sqrt(2)``; the median over Table 2's methods
-  stands for the metric's seed noise in the other tables.
+  stands for the metric's seed noise in the other tables. A table whose own ``results.csv`` holds one
+  row per seed (the recipes and controls: a ``seed`` column beside the table's metrics) is judged by
+  its own spread instead: per cell the standard deviation across seeds, the median over cells
+  (:func:`table_seed_noise`), as the grid profiles have no Table 2.
 
 A difference within ``--k`` (3) combined standard errors passes ("within seed noise"; the word
 covers both parts). Counts that must match exactly (items per task, tasks averaged, parameters,
@@ -69,6 +72,55 @@ def seed_noise(root: Path) -> dict[str, tuple[float, int]]:
     t = pd.read_csv(table)
     n = int(t["seeds"].max()) if "seeds" in t.columns else 1
     return {c[: -len(" sd")]: (float(t[c].median()), n) for c in t.columns if c.endswith(" sd") and t[c].notna().any()}
+
+
+def table_seed_noise(root: Path, name: str, table: pd.DataFrame) -> dict[str, tuple[float, int]]:
+    """metric -> (median over the table's cells of the standard deviation across seeds, seeds per
+    cell), from ``root/name/results.csv`` when it holds one row per seed of the table's cells (a
+    ``seed`` column, the table's key columns and metrics); empty otherwise. A cell is a row of
+    ``table``: its key columns, less ``seed``; cells with one seed carry no spread."""
+    path = root / name / "results.csv"
+    if not path.exists():
+        return {}
+    per_seed = pd.read_csv(path, low_memory=False)
+    if "seed" not in per_seed.columns:
+        return {}
+    keys = [c for c in _key_columns(table) if c in per_seed.columns and c not in ("seed", "seeds")]
+    metrics = [c for c in _metric_columns(table, keys) if c in per_seed.columns and not _is_exact(c)]
+    if not keys or not metrics:
+        return {}
+    grouped = per_seed.groupby(keys, dropna=False)
+    sizes = grouped["seed"].nunique()
+    if sizes.max() < 2:
+        return {}
+    spread = grouped[metrics].std(ddof=1)[sizes >= 2]
+    n = int(sizes[sizes >= 2].median())
+    return {c: (float(spread[c].median()), n) for c in metrics if spread[c].notna().any()}
+
+
+def _key_columns(table: pd.DataFrame) -> list[str]:
+    """The columns that identify a row: text columns and :data:`KEY_COLUMNS` (not verdicts or flags)."""
+    return [
+        c
+        for c in table.columns
+        if c not in DERIVED_COLUMNS
+        and (not pd.api.types.is_numeric_dtype(table[c]) or c in KEY_COLUMNS)
+        and not pd.api.types.is_bool_dtype(table[c])
+    ]
+
+
+def _metric_columns(table: pd.DataFrame, keys: list[str]) -> list[str]:
+    """The measured columns: numeric, not a key, a derived value, a spread or a timing."""
+    return [
+        c
+        for c in table.columns
+        if c not in keys
+        and c not in DERIVED_COLUMNS
+        and pd.api.types.is_numeric_dtype(table[c])
+        and not pd.api.types.is_bool_dtype(table[c])
+        and not c.endswith((" sd", " stderr"))
+        and not any(m in c for m in TIMING_MARKERS)
+    ]
 
 
 def _is_exact(column: str) -> bool:
@@ -128,29 +180,13 @@ def compare_tables(
     k: float,
     table: str,
     results: tuple[pd.DataFrame | None, pd.DataFrame | None] = (None, None),
+    own_noise: dict[str, tuple[float, int]] | None = None,
 ) -> list[dict]:
     """One row per compared metric: the largest |A - B| over matched rows, the tolerance at the row
     that comes closest to it, the noise used and the verdict. ``results``: the two runs'
     ``results.csv`` (per-item results), when there are any."""
-    keys = [
-        c
-        for c in a.columns
-        if c in b.columns
-        and c not in DERIVED_COLUMNS
-        and (not pd.api.types.is_numeric_dtype(a[c]) or c in KEY_COLUMNS)
-        and not pd.api.types.is_bool_dtype(a[c])
-    ]
-    metrics = [
-        c
-        for c in a.columns
-        if c in b.columns
-        and c not in keys
-        and c not in DERIVED_COLUMNS
-        and pd.api.types.is_numeric_dtype(a[c])
-        and not pd.api.types.is_bool_dtype(a[c])
-        and not c.endswith((" sd", " stderr"))
-        and not any(m in c for m in TIMING_MARKERS)
-    ]
+    keys = [c for c in _key_columns(a) if c in b.columns]
+    metrics = [c for c in _metric_columns(a, keys) if c in b.columns]
     merged = a.merge(b, on=keys, suffixes=(" A", " B")) if keys else pd.DataFrame()
     rows_a = merged.rename(columns=lambda c: c[:-2] if c.endswith(" A") else c)
     rows_b = merged.rename(columns=lambda c: c[:-2] if c.endswith(" B") else c)
@@ -176,7 +212,11 @@ def compare_tables(
                 se, source = _item_se(c, rows_a.iloc[i], rows_b.iloc[i], keys, results)
                 seed = 0.0
                 noise_key = c if c in noise else (BPB_NOISE if c.endswith("bpb") and BPB_NOISE in noise else None)
-                if noise_key is not None and noise[noise_key][0] > 0:
+                if own_noise and own_noise.get(c, (0.0, 1))[0] > 0:  # rows are means over n seeds
+                    sd, n = own_noise[c]
+                    seed = sd * math.sqrt(2 / n)
+                    source = f"{source} + seeds (own)" if source else "seeds (own)"
+                elif noise_key is not None and noise[noise_key][0] > 0:
                     sd, n = noise[noise_key]
                     per_row = n if table == NOISE_TABLE else 1  # Table 2's rows are means over n seeds
                     seed = sd * math.sqrt(2 / per_row)
@@ -230,7 +270,8 @@ def compare(a_root: Path, b_root: Path, k: float = 3.0, allow_unjudged: bool = F
     for name in shared:
         a, b = pd.read_csv(a_root / name / "table.csv"), pd.read_csv(b_root / name / "table.csv")
         results = (_results(a_root, name), _results(b_root, name))
-        rows += [{"experiment": name, **r} for r in compare_tables(a, b, noise, k, name, results)]
+        own = table_seed_noise(a_root, name, a) or table_seed_noise(b_root, name, b)
+        rows += [{"experiment": name, **r} for r in compare_tables(a, b, noise, k, name, results, own)]
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame, False
@@ -241,4 +282,4 @@ def compare(a_root: Path, b_root: Path, k: float = 3.0, allow_unjudged: bool = F
     return frame, ok
 
 
-__all__ = ["compare", "compare_tables", "profile_dir", "seed_noise"]
+__all__ = ["compare", "compare_tables", "profile_dir", "seed_noise", "table_seed_noise"]
