@@ -30,8 +30,9 @@ POOL_TOLERANCE = 1e-3
 #: bits per byte by which the same run (code, data, rate, seed) can move between torch thread counts
 #: (RetNet at 1/64: 0.005, one thread against two): the most two experiments' shared controls may differ
 #: and still be said to have trained on the same data, where they ran on different thread counts. A run
-#: can move further (DiJiang from scratch at 4M tokens: 0.016, results/grid-64m), so a gap beyond it
-#: refuses a comparison without showing that the data differed.
+#: can move further (DiJiang from scratch at 4M tokens: 0.016, results/grid-64m's three-seed first run;
+#: 0.024 from one CPU to another), so a gap beyond it refuses a comparison without showing that the data
+#: differed.
 THREAD_TOLERANCE = 5e-3
 
 
@@ -224,8 +225,8 @@ def repeated_cells_lines(out: Path, earlier: list[Path]) -> list[str]:
     from-scratch and no-op controls, the teacher), how far the two runs of each cell are apart in
     held-out bits per byte. The same run on the same code, rate, torch thread count and CPU repeats to
     the bit; on another thread count or CPU it need not (by 0.012-0.016 for DiJiang from scratch at 4M
-    tokens, one thread against two: ``results/grid-64m``; by up to 0.021 for RetNet from scratch in tiny
-    on another CPU: ``results/tiny/repeat``)."""
+    tokens, one thread against two: ``results/grid-64m``, the three-seed first run; by up to 0.021 for
+    RetNet from scratch in tiny on another CPU: ``results/tiny/repeat``)."""
     mine = read_table(out / "results.csv")
     if mine is None:
         return []
