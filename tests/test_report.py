@@ -231,3 +231,25 @@ def test_an_experiment_the_report_does_not_name_still_gets_a_section(tmp_path):
     atomic_write_json(out / "meta.json", meta)
     text = write_report("smoke", tmp_path, ["zz_new_experiment"], {}).read_text()
     assert "## zz_new_experiment — nothing" in text and "a new experiment" in text
+
+
+def test_the_header_shows_the_shared_environment_and_the_table_which_ran_where(tmp_path):
+    """Two experiments on two CPUs: the header lists only what both share (the thread count), and the
+    provenance table gives each experiment's CPU, instead of the first experiment's CPU for both."""
+    from harness.report.report import write_report
+    from harness.util.io import atomic_write_json
+
+    for name, cpu in (("aa_first", "Intel Xeon"), ("bb_second", "AMD EPYC")):
+        (tmp_path / "smoke" / name).mkdir(parents=True)
+        env = {"cpu": cpu, "threads": 2, "git_commit": "abc", "date": "2026-12-03"}
+        meta = {"paper_ref": "x", "description": name, "wall_time_s": 1.0, "environment": env}
+        atomic_write_json(tmp_path / "smoke" / name / "meta.json", meta)
+    text = write_report("smoke", tmp_path, ["aa_first", "bb_second"], {}).read_text()
+    assert "| threads | 2 |" in text and "| cpu |" not in text
+    assert "each one's cpu" in text
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in text.splitlines()
+        if line.startswith("| aa_") or line.startswith("| bb_")
+    }
+    assert "Intel Xeon" in rows["aa_first"] and "AMD EPYC" in rows["bb_second"]

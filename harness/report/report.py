@@ -757,7 +757,19 @@ def _eval_notes(root: Path, names: list[str]) -> list[str]:
     return lines
 
 
-def _provenance(metas: dict[str, dict[str, Any]]) -> list[str]:
+def _environments(metas: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    """The environment every experiment ran in (what they all share: the report's header) and the
+    environment keys that differ between them (each a column of the provenance table): a report whose
+    experiments ran on two CPUs or thread counts says which ran where."""
+    envs = [
+        {k: v for k, v in m.get("environment", {}).items() if k not in ("git_commit", "date")} for m in metas.values()
+    ]
+    keys = list(dict.fromkeys(k for env in envs for k in env))
+    varying = [k for k in keys if any(env.get(k) != envs[0].get(k) for env in envs)]
+    return {k: envs[0][k] for k in keys if k not in varying}, varying
+
+
+def _provenance(metas: dict[str, dict[str, Any]], varying: list[str]) -> list[str]:
     rows = []
     for name, meta in metas.items():
         env = meta.get("environment", {})
@@ -768,12 +780,14 @@ def _provenance(metas: dict[str, dict[str, Any]]) -> list[str]:
                 "code fingerprint": meta.get("code_fingerprint", ""),
                 "date": env.get("date", ""),
                 "wall time (s)": meta.get("wall_time_s"),
+                **{k: env.get(k, "") for k in varying},
             }
         )
     frame = pd.DataFrame(rows)
     frame = frame.loc[:, [c for c in frame.columns if frame[c].astype(str).str.len().gt(0).any()]]
+    where = f", and where the experiments' environments differ, each one's {', '.join(varying)}" if varying else ""
     return [
-        "Each experiment's own commit (`+dirty`: uncommitted source changes when it ran) and code fingerprint:",
+        f"Each experiment's own commit (`+dirty`: uncommitted source changes when it ran), code fingerprint{where}:",
         "",
         md_table(frame),
         "",
@@ -935,8 +949,7 @@ def write_report(
     root = results_dir / profile
     paper_dir = PAPER_DIR
     metas = {p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob("*/meta.json"))}
-    first = next(iter(metas.values()), {})
-    env = {k: v for k, v in first.get("environment", {}).items() if k not in ("git_commit", "date")}
+    env, varying = _environments(metas) if metas else ({}, [])
     lines = [
         f"# Reproduction report — profile `{profile}`",
         "",
@@ -956,7 +969,7 @@ def write_report(
         "",
     ]
     if metas:
-        lines += _provenance(metas)
+        lines += _provenance(metas, varying)
         total = sum(m.get("wall_time_s", 0) for m in metas.values())
         lines += [
             f"Wall time, summed over the experiments' last invocations: {total:.0f} s (a fresh run's total; less "
