@@ -74,16 +74,12 @@ def seed_noise(root: Path) -> dict[str, tuple[float, int]]:
     return {c[: -len(" sd")]: (float(t[c].median()), n) for c in t.columns if c.endswith(" sd") and t[c].notna().any()}
 
 
-def table_seed_noise(root: Path, name: str, table: pd.DataFrame) -> dict[str, tuple[float, int]]:
+def table_seed_noise(per_seed: pd.DataFrame | None, table: pd.DataFrame) -> dict[str, tuple[float, int]]:
     """metric -> (median over the table's cells of the standard deviation across seeds, seeds per
-    cell), from ``root/name/results.csv`` when it holds one row per seed of the table's cells (a
-    ``seed`` column, the table's key columns and metrics); empty otherwise. A cell is a row of
-    ``table``: its key columns, less ``seed``; cells with one seed carry no spread."""
-    path = root / name / "results.csv"
-    if not path.exists():
-        return {}
-    per_seed = pd.read_csv(path, low_memory=False)
-    if "seed" not in per_seed.columns:
+    cell), from the experiment's ``results.csv`` (``per_seed``) when it holds one row per seed of the
+    table's cells (a ``seed`` column, the table's key columns and metrics); empty otherwise. A cell is
+    a row of ``table``: its key columns, less ``seed``; cells with one seed carry no spread."""
+    if per_seed is None or "seed" not in per_seed.columns:
         return {}
     keys = [c for c in _key_columns(table) if c in per_seed.columns and c not in ("seed", "seeds")]
     metrics = [c for c in _metric_columns(table, keys) if c in per_seed.columns and not _is_exact(c)]
@@ -251,11 +247,14 @@ def compare_tables(
 
 
 def _results(root: Path, name: str) -> pd.DataFrame | None:
+    """The experiment's ``results.csv``, if it wrote one."""
     path = root / name / "results.csv"
-    if not path.exists():
-        return None
-    frame = pd.read_csv(path, low_memory=False)
-    return frame if {"task", "metric", "items"} <= set(frame.columns) else None
+    return pd.read_csv(path, low_memory=False) if path.exists() else None
+
+
+def _with_items(results: pd.DataFrame | None) -> pd.DataFrame | None:
+    """``results`` if it holds per-item results (``task``, ``metric``, ``items``), else None."""
+    return results if results is not None and {"task", "metric", "items"} <= set(results.columns) else None
 
 
 def compare(a_root: Path, b_root: Path, k: float = 3.0, allow_unjudged: bool = False) -> tuple[pd.DataFrame, bool]:
@@ -269,9 +268,10 @@ def compare(a_root: Path, b_root: Path, k: float = 3.0, allow_unjudged: bool = F
     )
     for name in shared:
         a, b = pd.read_csv(a_root / name / "table.csv"), pd.read_csv(b_root / name / "table.csv")
-        results = (_results(a_root, name), _results(b_root, name))
-        own = table_seed_noise(a_root, name, a) or table_seed_noise(b_root, name, b)
-        rows += [{"experiment": name, **r} for r in compare_tables(a, b, noise, k, name, results, own)]
+        ra, rb = _results(a_root, name), _results(b_root, name)
+        own = table_seed_noise(ra, a) or table_seed_noise(rb, b)
+        items = (_with_items(ra), _with_items(rb))
+        rows += [{"experiment": name, **r} for r in compare_tables(a, b, noise, k, name, items, own)]
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame, False
