@@ -88,11 +88,13 @@ SECTIONS: tuple[str, ...] = (
     "recipes_controls_trained_teacher_small",
     "recipes_controls_trained_teacher",
     "recipes_controls_trained_teacher_three_seeds",
+    "recipes_controls_trained_teacher_three_seeds_retnet",
     "recipes_controls_trained_teacher_large",
     "recipes_controls_rates_at_budget",
     "whole_split_trained_teacher_small",
     "whole_split_trained_teacher_large",
     "whole_split_trained_teacher_three_seeds",
+    "whole_split_trained_teacher_three_seeds_retnet",
     "hybrid_pareto",
     "mqar",
 )
