@@ -173,3 +173,16 @@ def test_a_table_with_per_seed_rows_is_judged_by_its_own_seed_spread(tmp_path):
     (tmp_path / "c" / "recipes_controls" / "results.csv").unlink()
     frame, ok = compare(a, tmp_path / "c")
     assert not ok and verdicts(frame)[("recipes_controls", "converted_bpb")] == "no noise estimate"
+
+
+def test_a_derived_column_is_shown_but_not_judged(tmp_path):
+    """A recovery score is computed from the compared bits per byte: how far it moved is printed (a
+    reader can quote it), and it neither passes nor fails the comparison on its own."""
+    a, b = write_recipes(tmp_path / "a"), write_recipes(tmp_path / "b")
+    for root, recovery in ((a, [0.30, 0.45]), (b, [0.30, 0.95])):
+        table = pd.read_csv(root / "recipes_controls" / "table.csv")
+        table.assign(recovery=recovery).to_csv(root / "recipes_controls" / "table.csv", index=False)
+    frame, ok = compare(a, b)
+    row = frame.set_index("metric").loc["recovery"]
+    assert ok and row["verdict"] == "derived: not judged" and abs(row["max |A-B|"] - 0.5) < 1e-12
+    assert verdicts(frame)[("recipes_controls", "converted_bpb")] == "identical"

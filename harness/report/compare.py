@@ -57,6 +57,8 @@ NOISE_TABLE = "table2_methods"
 FLOAT_RTOL = 1e-6
 #: verdicts (the first two are what "judged" means)
 WITHIN, DIFFERS, IDENTICAL, UNJUDGED = "within seed noise", "DIFFERS", "identical", "no noise estimate"
+#: the verdict of a derived column: how far it moved is shown, and its inputs carry the judgement
+FOLLOWS = "derived: not judged"
 
 
 def profile_dir(path: Path, profile: str) -> Path:
@@ -243,7 +245,27 @@ def compare_tables(
                 "verdict": verdict,
             }
         )
-    return out
+    derived = [c for c in a.columns if c in DERIVED_COLUMNS and c in b.columns]
+    return out + _derived_rows(merged, derived, len(a), len(b))
+
+
+def _derived_rows(merged: pd.DataFrame, columns: list[str], n_a: int, n_b: int) -> list[dict]:
+    """One row per numeric derived column (a recovery score): how far it moved, not judged, since the
+    metrics it is computed from are."""
+    return [
+        {
+            "metric": c,
+            "rows": len(merged),
+            "of": max(n_a, n_b),
+            "max |A-B|": float((merged[f"{c} A"] - merged[f"{c} B"]).abs().max()) if len(merged) else math.nan,
+            "tolerance": None,
+            "noise": "",
+            "verdict": FOLLOWS,
+        }
+        for c in columns
+        if len(merged) == 0
+        or (pd.api.types.is_numeric_dtype(merged[f"{c} A"]) and not pd.api.types.is_bool_dtype(merged[f"{c} A"]))
+    ]
 
 
 def _results(root: Path, name: str) -> pd.DataFrame | None:
