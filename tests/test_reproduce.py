@@ -30,8 +30,9 @@ from harness.training import fingerprint
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 REFERENCE = ROOT / "results" / "smoke"
-#: the committed smoke reference must stay small (tables, metadata, REPORT.md: ~10 KB per experiment; no weights)
-REFERENCE_BUDGET_BYTES = 500_000
+#: the committed smoke reference must stay small (tables, metadata, REPORT.md: ~10 KB per experiment; no weights):
+#: 27 experiments, Fig. 4's benchmark sweep (~180 KB) and a REPORT.md of ~90 KB came to ~507 KB (2026-12-03)
+REFERENCE_BUDGET_BYTES = 600_000
 #: differences this small between the smoke reference and a fresh run are floating-point noise
 FLOAT_NOISE = 1e-5
 
