@@ -399,6 +399,30 @@ def test_the_recovery_curve_pools_every_budget_of_one_teacher(tmp_path):
     assert "teachers differ by 0.260" in recovery_curve_lines([small, other], other / "x")[0]
 
 
+def test_the_pooled_curve_takes_each_cell_whole_from_the_experiment_with_most_seeds():
+    """Two experiments ran one cell (dijiang / paper at 1/16): the first on seeds 0-1, the second on
+    seeds 0-2 with other controls. The pool takes the cell from the second alone, never seeds 0-1 from
+    one and seed 2 from the other; a cell only the first ran (transfer) comes from the first."""
+    from harness.report.controls import one_run_per_cell
+
+    def frame(seeds: list[int], scratch: float, recipes: tuple[str, ...]) -> pd.DataFrame:
+        return pd.DataFrame(
+            [
+                dict(method="dijiang", recipe=r, fraction=0.0625, seed=s, scratch_bpb=scratch)
+                for r in recipes
+                for s in seeds
+            ]
+        )
+
+    first, second = frame([0, 1], 1.73, ("paper", "transfer")), frame([0, 1, 2], 1.78, ("paper",))
+    pooled = one_run_per_cell([first, second])
+    paper = pooled[pooled["recipe"] == "paper"]
+    assert sorted(paper["seed"]) == [0, 1, 2] and set(paper["scratch_bpb"]) == {1.78}
+    assert set(pooled[pooled["recipe"] == "transfer"]["scratch_bpb"]) == {1.73} and len(pooled) == 5
+    tie = one_run_per_cell([frame([0, 1], 1.73, ("paper",)), frame([0, 1], 1.78, ("paper",))])
+    assert set(tie["scratch_bpb"]) == {1.73} and "_source" not in tie.columns
+
+
 def test_controls_section_says_when_recovery_is_undefined(tmp_path):
     """At the teacher's own budget, scratch on the same tokens can match the teacher: the recovery's
     denominator is then <= 0 and the runner writes NaN; the report names the lowest bpb instead."""

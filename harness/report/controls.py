@@ -136,15 +136,31 @@ def png_only(drawn: list[Path]) -> Path:
     return png
 
 
+#: a cell of a recipes table: one method under one recipe at one budget (its seeds are its rows)
+RECIPE_CELL: tuple[str, ...] = ("method", "recipe", "fraction")
+
+
+def one_run_per_cell(frames: list[pd.DataFrame], cell: tuple[str, ...] = RECIPE_CELL) -> pd.DataFrame:
+    """The per-seed results of several experiments of one teacher, each cell (method, recipe, budget)
+    taken whole from one experiment: the one that ran the most seeds of it, the first of those on a tie.
+    Seeds of one cell from two runs could stand beside controls trained at other rates or on another
+    CPU; from one run they share them."""
+    tagged = pd.concat([f.assign(_source=i) for i, f in enumerate(frames)], ignore_index=True)
+    seeds = tagged.groupby([*cell, "_source"])["seed"].nunique().rename("_seeds").reset_index()
+    chosen = seeds.sort_values(["_seeds", "_source"], ascending=[False, True]).drop_duplicates(list(cell))
+    return tagged.merge(chosen[[*cell, "_source"]], on=[*cell, "_source"]).drop(columns="_source")
+
+
 def recovery_curve_lines(outs: list[Path], stem: Path) -> list[str]:
     """The recovery curve over every budget that ``outs`` (experiments converting one teacher) ran,
     pooled: held-out bits per byte against the budget, one panel per recipe, each conversion beside the
     same architecture from scratch and the teacher (:func:`plot_recipe_recovery`), drawn to ``stem``
-    (.png). Nothing is drawn from fewer than two budgets or from experiments whose teachers differ."""
+    (.png), each cell from one experiment (:func:`one_run_per_cell`). Nothing is drawn from fewer than
+    two budgets or from experiments whose teachers differ."""
     frames = [f for out in outs if (f := read_table(out / "results.csv")) is not None]
     if not frames:
         return []
-    pooled = pd.concat(frames).drop_duplicates(["method", "recipe", "fraction", "seed"])
+    pooled = one_run_per_cell(frames)
     if pooled["fraction"].nunique() < 2:
         return []
     spread = float(pooled["teacher_bpb"].max() - pooled["teacher_bpb"].min())

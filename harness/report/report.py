@@ -787,9 +787,13 @@ def _provenance(metas: dict[str, dict[str, Any]], varying: list[str]) -> list[st
         )
     frame = pd.DataFrame(rows)
     frame = frame.loc[:, [c for c in frame.columns if frame[c].astype(str).str.len().gt(0).any()]]
-    where = f", and where the experiments' environments differ, each one's {', '.join(varying)}" if varying else ""
+    what = (
+        f", code fingerprint, and where the experiments' environments differ, each one's {', '.join(varying)}"
+        if varying
+        else " and code fingerprint"
+    )
     return [
-        f"Each experiment's own commit (`+dirty`: uncommitted source changes when it ran), code fingerprint{where}:",
+        f"Each experiment's own commit (`+dirty`: uncommitted source changes when it ran){what}:",
         "",
         md_table(frame),
         "",
