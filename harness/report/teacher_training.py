@@ -21,7 +21,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.report.controls import POOL_TOLERANCE, THREAD_TOLERANCE, mean_se, welch_difference, welch_p
+from harness.report.controls import (
+    POOL_TOLERANCE,
+    THREAD_TOLERANCE,
+    mean_se,
+    one_run_per_cell,
+    welch_difference,
+    welch_p,
+)
 from harness.report.markdown import md_table, read_table
 from harness.report.stats import ALPHA, format_p
 
@@ -31,11 +38,12 @@ CELL = ["method", "recipe", "seed", "tokens"]
 
 
 def _pooled(outs: list[Path]) -> pd.DataFrame | None:
-    """The per-seed results of several experiments of one teacher, one row per cell."""
+    """The per-seed results of several experiments of one teacher, one row per cell, each cell's seeds
+    from one experiment (:func:`one_run_per_cell`)."""
     frames = [f for out in outs if (f := read_table(out / "results.csv")) is not None]
     if not frames:
         return None
-    return pd.concat(frames).drop_duplicates(CELL)
+    return one_run_per_cell(frames, tuple(c for c in CELL if c != "seed"))
 
 
 def _relative_gap(frame: pd.DataFrame) -> pd.Series:
