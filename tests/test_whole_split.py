@@ -64,6 +64,39 @@ def test_verdicts_that_hold_on_both_are_said_to_hold(tmp_path):
     assert whole_split_lines(one_seed, sample)[-2].endswith("none to compare (one seed: no test).")
 
 
+def recipes(folder: Path, converted: dict[str, list[float]], scratch: float = 2.3) -> Path:
+    """``results.csv`` of one method (Performer) under several recipes at 1/16: its seeds' converted bpb."""
+    folder.mkdir()
+    rows = [
+        dict(
+            method="performer",
+            recipe=recipe,
+            fraction=0.0625,
+            seed=seed,
+            converted_bpb=c,
+            scratch_bpb=scratch,
+            teacher_bpb=0.9,
+            recovery=(scratch - c) / (scratch - 0.9),
+        )
+        for recipe, values in converted.items()
+        for seed, c in enumerate(values)
+    ]
+    pd.DataFrame(rows).to_csv(folder / "results.csv", index=False)
+    return folder
+
+
+def test_a_recipe_verdict_that_rests_on_the_sample_is_named(tmp_path):
+    # distill is clearly behind paper on the sample, and within noise of it on the whole split
+    sample = recipes(tmp_path / "sample", {"paper": [1.33, 1.331, 1.335], "distill": [1.37, 1.372, 1.374]})
+    whole = recipes(tmp_path / "whole", {"paper": [1.67, 1.69, 1.66], "distill": [1.70, 1.66, 1.73]})
+    lines = whole_split_lines(whole, sample)
+    (pair,) = [line for line in lines if "distill minus paper" in line]
+    assert pair.startswith("- **performer at 0.0625, distill minus paper** (recipes, converted; paper is the best")
+    assert "(p < 0.001, significant) → +0.023 bpb (p = 0.38, not significant)." in pair
+    (verdict,) = [line for line in lines if line.startswith("- **Verdicts that rest on the sample**")]
+    assert "distill against paper, performer at 0.0625 (significant on the sample only)" in verdict
+
+
 def test_the_whole_split_is_more_text_than_the_profiles_sample():
     profile = load_profile("grid-64m")
     sample, whole = sample_rows(profile), sample_rows(whole_split_profile(profile))

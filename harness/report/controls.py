@@ -477,7 +477,8 @@ def whole_split_lines(out: Path, base: Path) -> list[str]:
     """The same models scored on the whole held-out split (``out``, the ``whole_split`` runner) beside
     the profile's sample of it (``base``, the experiment they come from): per cell the teacher's,
     converted and from-scratch bits per byte and the recovery under both, converted minus scratch with
-    Welch's test over seeds under both, and each method against the first under both. A verdict read
+    Welch's test over seeds under both, each method against the first under both, and per method each
+    recipe against the one best on the sample, under both. A verdict read
     off the sample that flips on the whole split is named: it rested on the sample."""
     whole, sample = read_table(out / "results.csv"), read_table(base / "results.csv")
     if whole is None or sample is None:
@@ -522,6 +523,22 @@ def whole_split_lines(out: Path, base: Path) -> list[str]:
             )
             if pair["sample"][1] != pair["whole"][1]:
                 flipped.append(f"{other} against {methods[0]}, {recipe} at {fraction:g} ({_flip(pair)})")
+    for (method, fraction), g in both.groupby(["method", "fraction"], sort=False):
+        means = g.groupby("recipe", sort=False)["converted_bpb sample"].mean()
+        best = means.idxmin() if len(means) > 1 else None
+        for other in means.index.drop(best) if best else []:
+            pair = _on_both(
+                lambda w, g=g, other=other, best=best: (
+                    g[g["recipe"] == other][f"converted_bpb {w}"].to_numpy(),
+                    g[g["recipe"] == best][f"converted_bpb {w}"].to_numpy(),
+                )
+            )
+            lines.append(
+                f"- **{method} at {fraction:g}, {other} minus {best}** (recipes, converted; {best} is the best on "
+                f"the sample): {pair['sample'][0]} → {pair['whole'][0]}."
+            )
+            if pair["sample"][1] != pair["whole"][1]:
+                flipped.append(f"{other} against {best}, {method} at {fraction:g} ({_flip(pair)})")
     if both.groupby(["method", "recipe", "fraction"])["seed"].nunique().max() < 2:
         return lines + ["- **Verdicts that rest on the sample**: none to compare (one seed: no test).", ""]
     lines.append(
