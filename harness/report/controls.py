@@ -511,12 +511,7 @@ def whole_split_lines(out: Path, base: Path) -> list[str]:
     for (recipe, fraction), g in both.groupby(["recipe", "fraction"], sort=False):
         methods = list(dict.fromkeys(g["method"]))
         for other in methods[1:]:
-            pair = _on_both(
-                lambda w, g=g, other=other, first=methods[0]: (
-                    g[g["method"] == other][f"converted_bpb {w}"].to_numpy(),
-                    g[g["method"] == first][f"converted_bpb {w}"].to_numpy(),
-                )
-            )
+            pair = _converted_on_both(g, "method", other, methods[0])
             lines.append(
                 f"- **{recipe} at {fraction:g}, {other} minus {methods[0]}** (converted): {pair['sample'][0]} → "
                 f"{pair['whole'][0]}."
@@ -527,12 +522,7 @@ def whole_split_lines(out: Path, base: Path) -> list[str]:
         means = g.groupby("recipe", sort=False)["converted_bpb sample"].mean()
         best = means.idxmin() if len(means) > 1 else None
         for other in means.index.drop(best) if best else []:
-            pair = _on_both(
-                lambda w, g=g, other=other, best=best: (
-                    g[g["recipe"] == other][f"converted_bpb {w}"].to_numpy(),
-                    g[g["recipe"] == best][f"converted_bpb {w}"].to_numpy(),
-                )
-            )
+            pair = _converted_on_both(g, "recipe", other, best)
             lines.append(
                 f"- **{method} at {fraction:g}, {other} minus {best}** (recipes, converted; {best} is the best on "
                 f"the sample): {pair['sample'][0]} → {pair['whole'][0]}."
@@ -552,6 +542,17 @@ def _on_both(arrays: Callable[[str], tuple[np.ndarray, np.ndarray]]) -> dict[str
     """Per split ("sample", "whole"): ``a - b`` with Welch's test in words, and its significant sign
     (:func:`_significant_sign`), where ``arrays(split)`` gives the two per-seed arrays."""
     return {w: (welch_difference(*arrays(w)), _significant_sign(*arrays(w))) for w in ("sample", "whole")}
+
+
+def _converted_on_both(g: pd.DataFrame, by: str, a: str, b: str) -> dict[str, tuple[str, int]]:
+    """Converted bits per byte of the rows of ``g`` whose ``by`` column is ``a`` minus those where it is
+    ``b``, on the sample and on the whole split (:func:`_on_both`)."""
+    return _on_both(
+        lambda w: (
+            g[g[by] == a][f"converted_bpb {w}"].to_numpy(),
+            g[g[by] == b][f"converted_bpb {w}"].to_numpy(),
+        )
+    )
 
 
 def _flip(verdicts: dict[str, tuple[str, int]]) -> str:
