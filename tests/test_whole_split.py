@@ -65,7 +65,8 @@ def test_verdicts_that_hold_on_both_are_said_to_hold(tmp_path):
 
 
 def recipes(folder: Path, converted: dict[str, list[float]], scratch: float = 2.3) -> Path:
-    """``results.csv`` of one method (Performer) under several recipes at 1/16: its seeds' converted bpb."""
+    """``results.csv`` of one method (Performer) under several recipes at 1/16: its seeds' converted bpb (from
+    scratch ``scratch``, 0.01 apart per seed)."""
     folder.mkdir()
     rows = [
         dict(
@@ -74,9 +75,9 @@ def recipes(folder: Path, converted: dict[str, list[float]], scratch: float = 2.
             fraction=0.0625,
             seed=seed,
             converted_bpb=c,
-            scratch_bpb=scratch,
+            scratch_bpb=scratch + 0.01 * seed,
             teacher_bpb=0.9,
-            recovery=(scratch - c) / (scratch - 0.9),
+            recovery=(scratch + 0.01 * seed - c) / (scratch + 0.01 * seed - 0.9),
         )
         for recipe, values in converted.items()
         for seed, c in enumerate(values)
