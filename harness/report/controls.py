@@ -478,8 +478,8 @@ def whole_split_lines(out: Path, base: Path) -> list[str]:
     the profile's sample of it (``base``, the experiment they come from): per cell the teacher's,
     converted and from-scratch bits per byte and the recovery under both, converted minus scratch with
     Welch's test over seeds under both, each method against the first under both, and per method each
-    recipe against the one best on the sample, under both. A verdict read
-    off the sample that flips on the whole split is named: it rested on the sample."""
+    recipe against the one best on the sample, under both. A verdict read off the sample that flips on
+    the whole split is named: it rested on the sample."""
     whole, sample = read_table(out / "results.csv"), read_table(base / "results.csv")
     if whole is None or sample is None:
         return []
@@ -520,8 +520,10 @@ def whole_split_lines(out: Path, base: Path) -> list[str]:
                 flipped.append(f"{other} against {methods[0]}, {recipe} at {fraction:g} ({_flip(pair)})")
     for (method, fraction), g in both.groupby(["method", "fraction"], sort=False):
         means = g.groupby("recipe", sort=False)["converted_bpb sample"].mean()
-        best = means.idxmin() if len(means) > 1 else None
-        for other in means.index.drop(best) if best else []:
+        if len(means) < 2:
+            continue
+        best = means.idxmin()
+        for other in means.index.drop(best):
             pair = _converted_on_both(g, "recipe", other, best)
             lines.append(
                 f"- **{method} at {fraction:g}, {other} minus {best}** (recipes, converted; {best} is the best on "
