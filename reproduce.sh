@@ -23,7 +23,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 LOCK=requirements.lock
 DATA_LOCK=requirements-data.lock
 TORCH_SPEC="torch==2.13.0"
-NEEDED="import torch, transformers, accelerate, lm_eval, scipy, pandas, matplotlib, safetensors, tqdm, yaml, mambapy, pytest, nbclient, ruff"
+NEEDED="import torch, transformers, accelerate, lm_eval, scipy, pandas, matplotlib, safetensors, tqdm, yaml, mambapy, pytest, xdist, nbclient, ruff"
 
 log() { echo "[reproduce] $*" >&2; }
 
@@ -106,11 +106,15 @@ ensure_env() {
   esac
 }
 
-# the whole suite, or the test files/node ids given (pytest options pass through either way)
+# the whole suite, or the test files/node ids given (pytest options pass through either way, and a
+# later -n N overrides the default). Two pytest-xdist workers, a test file each at a time (tests share
+# module-scoped fixtures, such as test_reproduce.py's smoke run): every test uses one torch thread
+# (tests/conftest.py), so two workers keep 2 cores busy. -n 0 runs it in one process.
+TEST_WORKERS=(-n 2 --dist loadfile)
 run_tests() {
   local target=tests a
   for a in "$@"; do case "$a" in tests/* | *.py | *::*) target= ;; esac; done
-  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "$PY" -m pytest -q $target "$@"
+  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "$PY" -m pytest -q "${TEST_WORKERS[@]}" $target "$@"
 }
 
 # re-resolve, test, and rewrite the lock only when green
