@@ -1,6 +1,6 @@
 """The experiment pipeline: every experiment at the smoke profile, end to end, then the notebooks.
 
-One smoke run (well under a minute on 2 idle CPU cores) feeds every test here; a second run must
+One smoke run (~140 s on one torch thread: the slowest fixture of the suite) feeds every test here; a second run must
 reuse all of it, and the run is compared with the committed smoke reference ``results/smoke/``.
 When the code changes what the tables hold, regenerate that reference (results/README.md):
 ``python -m harness reproduce --profile smoke --results-dir results``. The notebooks run headless
@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 REFERENCE = ROOT / "results" / "smoke"
 #: the committed smoke reference must stay small (tables, metadata, REPORT.md: ~10 KB per experiment; no weights):
-#: 27 experiments, Fig. 4's benchmark sweep (~180 KB) and a REPORT.md of ~90 KB came to ~507 KB (2026-12-03)
+#: 27 experiments, Fig. 4's benchmark sweep (~180 KB) and a REPORT.md of ~90 KB came to ~507 KB (2026-12-03);
+#: 33 experiments came to 582,159 bytes (2026-12-03, later): each new experiment adds ~10 KB
 REFERENCE_BUDGET_BYTES = 600_000
 #: differences this small between the smoke reference and a fresh run are floating-point noise
 FLOAT_NOISE = 1e-5
