@@ -947,20 +947,9 @@ def section_order(metas: dict[str, dict]) -> list[str]:
     return [n for n in SECTIONS if n in metas] + sorted(n for n in metas if n not in SECTIONS)
 
 
-def write_report(
-    profile: str,
-    results_dir: Path,
-    experiments: list[str] | None = None,
-    shipped: dict[str, str] | None = None,
-    heldout: str | None = None,
-) -> Path:
-    """Write ``<results_dir>/<profile>/REPORT.md`` from the experiments found there. ``experiments``:
-    every experiment the suite defines (those not found are listed as not yet run); ``shipped``: the
-    profile's shipped teachers (name -> folder), whose convergence curves the report shows; ``heldout``:
-    the text the profile's held-out bits per byte are scored on, in words (None: it scores none)."""
-    root = results_dir / profile
-    paper_dir = PAPER_DIR
-    metas = {p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob("*/meta.json"))}
+def _header_lines(profile: str, metas: dict[str, dict[str, Any]], heldout: str | None) -> list[str]:
+    """The report's opening: the primary metric, the held-out text, the environment and, per experiment,
+    its commit, fingerprint and wall time."""
     env, varying = _environments(metas) if metas else ({}, [])
     lines = [
         f"# Reproduction report — profile `{profile}`",
@@ -988,7 +977,72 @@ def write_report(
             "where an invocation reused earlier runs).",
             "",
         ]
-    lines += teachers_section(shipped or {}, root)
+    return lines
+
+
+def _section_body(
+    name: str, meta: dict[str, Any], root: Path, ordered: list[str], shipped: dict[str, str]
+) -> list[str]:
+    """The tables and verdicts of experiment ``name``'s section, by what the experiment is."""
+    out = root / name
+    if name == "table2_methods":
+        return table2_section(out, PAPER_DIR)
+    if name in ("table1_scale", "table3_7b"):
+        return scale_section(out, PAPER_DIR, name) + unshipped_teachers_line(out, shipped)
+    if name == "fig4_speed_memory":
+        return speed_section(out, PAPER_DIR)
+    if name == "kernel_ablation":
+        return kernel_section(out)
+    if name == "recovery_curve":
+        return recovery_section(out)
+    if name == "recipes_controls":
+        return controls_section(out)
+    if name == "recipes_controls_wider_sweep":
+        return controls_section(out) + wider_sweep_lines(out, root / "recipes_controls")
+    if name == "recipes_controls_rates_at_budget":
+        return controls_section(out) + rates_at_budget_lines(out, root / "recipes_controls_trained_teacher_large")
+    if "of" in meta.get("params", {}) and (out / "table.csv").exists():  # whole_split of a controls experiment
+        return controls_section(out) + whole_split_lines(out, root / meta["params"]["of"])
+    if name.startswith(("recipes_controls_extended", "recipes_controls_trained_teacher")):
+        return controls_section(out) + controls_family_lines(root, name, ordered)
+    if name == "hybrid_pareto":
+        return hybrid_section(out)
+    return generic_section(out)
+
+
+def _section(name: str, meta: dict[str, Any], root: Path, ordered: list[str], shipped: dict[str, str]) -> list[str]:
+    """Experiment ``name``'s whole section: its title and description, its body, its notes and figures,
+    and the commit and wall time it was made at."""
+    lines = [f"## {name} — {meta['paper_ref']}", "", meta["description"], ""]
+    lines += _section_body(name, meta, root, ordered, shipped)
+    lines += [f"- {note}" for note in meta.get("notes", [])]
+    for fig in meta.get("figures", []):
+        if fig.endswith(".png"):
+            lines += ["", f"![{name}]({name}/{fig})"]
+    commit = meta.get("environment", {}).get("git_commit", "unknown")
+    return lines + [
+        "",
+        f"_Commit {commit}. Wall time of the invocation that wrote these results: {meta['wall_time_s']:.0f} s "
+        "(training runs it reused from earlier invocations are not counted)._",
+        "",
+    ]
+
+
+def write_report(
+    profile: str,
+    results_dir: Path,
+    experiments: list[str] | None = None,
+    shipped: dict[str, str] | None = None,
+    heldout: str | None = None,
+) -> Path:
+    """Write ``<results_dir>/<profile>/REPORT.md`` from the experiments found there. ``experiments``:
+    every experiment the suite defines (those not found are listed as not yet run); ``shipped``: the
+    profile's shipped teachers (name -> folder), whose convergence curves the report shows; ``heldout``:
+    the text the profile's held-out bits per byte are scored on, in words (None: it scores none)."""
+    root = results_dir / profile
+    shipped = shipped or {}
+    metas = {p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob("*/meta.json"))}
+    lines = _header_lines(profile, metas, heldout) + teachers_section(shipped, root)
     missing = [n for n in experiments or [] if n not in metas]
     if missing:
         lines += [
@@ -1002,44 +1056,7 @@ def write_report(
         lines += ["## How the benchmark tasks were scored", "", *notes, ""]
     ordered = section_order(metas)
     for name in ordered:
-        meta, out = metas[name], root / name
-        lines += [f"## {name} — {meta['paper_ref']}", "", meta["description"], ""]
-        if name == "table2_methods":
-            lines += table2_section(out, paper_dir)
-        elif name in ("table1_scale", "table3_7b"):
-            lines += scale_section(out, paper_dir, name) + unshipped_teachers_line(out, shipped or {})
-        elif name == "fig4_speed_memory":
-            lines += speed_section(out, paper_dir)
-        elif name == "kernel_ablation":
-            lines += kernel_section(out)
-        elif name == "recovery_curve":
-            lines += recovery_section(out)
-        elif name == "recipes_controls":
-            lines += controls_section(out)
-        elif name == "recipes_controls_wider_sweep":
-            lines += controls_section(out) + wider_sweep_lines(out, root / "recipes_controls")
-        elif name == "recipes_controls_rates_at_budget":
-            lines += controls_section(out) + rates_at_budget_lines(out, root / "recipes_controls_trained_teacher_large")
-        elif "of" in meta.get("params", {}) and (out / "table.csv").exists():  # whole_split of a controls experiment
-            lines += controls_section(out) + whole_split_lines(out, root / meta["params"]["of"])
-        elif name.startswith(("recipes_controls_extended", "recipes_controls_trained_teacher")):
-            lines += controls_section(out) + controls_family_lines(root, name, ordered)
-        elif name == "hybrid_pareto":
-            lines += hybrid_section(out)
-        else:
-            lines += generic_section(out)
-        for note in meta.get("notes", []):
-            lines.append(f"- {note}")
-        for fig in meta.get("figures", []):
-            if fig.endswith(".png"):
-                lines += ["", f"![{name}]({name}/{fig})"]
-        commit = meta.get("environment", {}).get("git_commit", "unknown")
-        lines += [
-            "",
-            f"_Commit {commit}. Wall time of the invocation that wrote these results: {meta['wall_time_s']:.0f} s "
-            "(training runs it reused from earlier invocations are not counted)._",
-            "",
-        ]
+        lines += _section(name, metas[name], root, ordered, shipped)
     path = root / "REPORT.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
