@@ -254,10 +254,21 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads)
 
 
-def _main(args: argparse.Namespace) -> int:
-    def err(msg: str) -> None:
-        print(f"bench: {msg}", file=sys.stderr, flush=True)
+class _Stop(Exception):
+    """Stop the command with exit status ``code``, after printing ``message`` (if any) to stderr."""
 
+    def __init__(self, code: int, message: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _err(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def _main(args: argparse.Namespace) -> int:
+    """List the shapes; or hand the sweep to a supervised child; or measure (unless ``--report-only``)
+    and write the summary, the analysis and the plots."""
     if args.list_shapes:
         for s in SHAPES.values():
             print(f"{s.name:<18} {s.kind:<6} {s.source}")
@@ -267,50 +278,58 @@ def _main(args: argparse.Namespace) -> int:
         try:
             out_dir, stem, json_path = _paths(args, resolve_device(args.device).type)
         except (ValueError, RuntimeError):
-            pass  # reported below
+            pass  # reported below, by the settings' validation
         else:
             _fresh(args, json_path)
             beat = out_dir / f".{stem}.heartbeat.json"
             child = [a for a in sys.argv[1:] if a != "--fresh"]
             return supervise(child + ["--worker-heartbeat", str(beat), "--run-id", utc_now()], beat, json_path)
-    notes: list[str] = []
     try:
-        methods = _select_methods(args.methods, err)
+        settings, device, batch_sizes, given_peaks = _settings(args)
+        out_dir, stem, json_path = _paths(args, device.type)
+        _fresh(args, json_path)
+        try:
+            store = ResultStore(json_path)
+        except ResultsFileError as e:
+            raise _Stop(2, str(e)) from None
+        notes = [] if args.report_only else _measure(args, settings, batch_sizes, store, json_path, given_peaks)
+        notes += _capped_phase_notes(settings)
+        rows = _report_rows(args, settings, device, batch_sizes, store, json_path)
+        _write_outputs(args, rows, notes, given_peaks, out_dir, stem, json_path)
+    except _Stop as stop:
+        if stop.message:
+            _err(stop.message)
+        return stop.code
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> tuple[SweepSettings, torch.device, list[int], Peaks | None]:
+    """The sweep's settings from the command line (with the device, the batch sizes and any given
+    roofline peaks); an unusable option stops the command with status 2."""
+    try:
+        methods = _select_methods(args.methods, _err)
     except Exception as e:  # a method package that fails to import
-        err(f"cannot load the registered methods: {type(e).__name__}: {e}")
-        return 2
-    shapes = _select_shapes(args.shapes, err)
+        raise _Stop(2, f"cannot load the registered methods: {type(e).__name__}: {e}") from None
+    shapes = _select_shapes(args.shapes, _err)
     phases = [p for p in _csv(args.phases) if p in PHASES]
     bad_phases = [p for p in _csv(args.phases) if p not in PHASES]
     if bad_phases:
-        err(f"unknown phase(s) {bad_phases} skipped; choose from {list(PHASES)}")
+        _err(f"unknown phase(s) {bad_phases} skipped; choose from {list(PHASES)}")
     if not methods or not shapes or not phases:
-        err(
+        raise _Stop(
+            2,
             "nothing to measure: need at least one registered method, one known shape and one phase "
-            "(see --methods, --shapes, --phases; `python -m harness methods` lists methods, --list-shapes shapes)"
+            "(see --methods, --shapes, --phases; `python -m harness methods` lists methods, --list-shapes shapes)",
         )
-        return 2
     try:
         given_peaks = _given_peaks(args)
     except ValueError as e:
-        err(str(e))
-        return 2
-    if args.lengths is not None:
-        lengths = args.lengths
-    else:
-        if args.min_len > args.max_len:
-            err(f"--min-len {args.min_len} > --max-len {args.max_len}")
-            return 2
-        lengths = []
-        L = args.min_len
-        while L <= args.max_len:
-            lengths.append(L)
-            L *= 2
+        raise _Stop(2, str(e)) from None
+    lengths = args.lengths if args.lengths is not None else _doubling_lengths(args.min_len, args.max_len)
     try:
         device = resolve_device(args.device)
     except (ValueError, RuntimeError) as e:
-        err(str(e))
-        return 2
+        raise _Stop(2, str(e)) from None
     if args.threads:
         torch.set_num_threads(args.threads)
     mem_budget = None if args.mem_budget_gb is None else int(args.mem_budget_gb * 2**30)
@@ -340,97 +359,145 @@ def _main(args: argparse.Namespace) -> int:
         retry_skipped=args.retry_skipped,
         prompt_cache=args.prompt_cache,
     )
-    out_dir, stem, json_path = _paths(args, device.type)
-    _fresh(args, json_path)
-    try:
-        store = ResultStore(json_path)
-    except ResultsFileError as e:
-        err(str(e))
-        return 2
-    peaks = given_peaks
-    if not args.report_only:
-        t0 = time.perf_counter()
-        not_run: list[str] = []
-        for batch in batch_sizes:
-            left = None if args.total_budget_s is None else args.total_budget_s - (time.perf_counter() - t0)
-            batch_settings = dataclasses.replace(settings, batch=batch, total_budget_s=left)
-            sweep = Sweep(
-                batch_settings,
-                store,
-                log=lambda m: print(m, flush=True),
-                run_id=args.run_id,
-                heartbeat=args.worker_heartbeat,
-                tune_malloc=args.worker_heartbeat is not None or is_command_line(),
-                peaks=peaks,
-            )
-            print(
-                f"bench: {len(methods)} method(s) x {len(shapes)} shape(s) x {len(lengths)} length(s), batch {batch}, "
-                f"on {sweep.meta['device_name']}, {args.dtype}, {torch.get_num_threads()} thread(s)"
-                + (", synthetic prompt caches for decoding" if args.prompt_cache == "synthetic" else "")
-                + f" -> {json_path}",
-                flush=True,
-            )
-            try:
-                rep = sweep.run()
-            except KeyboardInterrupt:
-                err(f"interrupted; {json_path} holds every finished point, re-run the same command to continue")
-                return 130
-            peaks = sweep.peaks  # measured once, for every batch size
-            not_run += rep.not_run
-            print(
-                f"bench: batch {batch}: measured {rep.measured}, skipped {rep.skipped}, reused {rep.reused} phase "
-                f"points in {rep.elapsed_s:.0f} s",
-                flush=True,
-            )
-        if not_run:
-            msg = (
-                f"{len(not_run)} phase points not run: --total-budget-s {args.total_budget_s:g} reached; "
-                "re-run the same command to continue"
-            )
-            err(msg)
-            notes.append(msg)
-    if settings.train_max_len is not None and "train" in phases and max(lengths) > settings.train_max_len:
+    return settings, device, batch_sizes, given_peaks
+
+
+def _doubling_lengths(min_len: int, max_len: int) -> list[int]:
+    """``--min-len``, doubled while it stays within ``--max-len``."""
+    if min_len > max_len:
+        raise _Stop(2, f"--min-len {min_len} > --max-len {max_len}")
+    lengths, length = [], min_len
+    while length <= max_len:
+        lengths.append(length)
+        length *= 2
+    return lengths
+
+
+def _measure(
+    args: argparse.Namespace,
+    settings: SweepSettings,
+    batch_sizes: list[int],
+    store: ResultStore,
+    json_path: Path,
+    peaks: Peaks | None,
+) -> list[str]:
+    """Run the sweep once per batch size into ``store`` (the device's peaks measured once, for all of
+    them); the notes for the summary (points left for lack of ``--total-budget-s``)."""
+    t0 = time.perf_counter()
+    not_run: list[str] = []
+    for batch in batch_sizes:
+        left = None if args.total_budget_s is None else args.total_budget_s - (time.perf_counter() - t0)
+        sweep = Sweep(
+            dataclasses.replace(settings, batch=batch, total_budget_s=left),
+            store,
+            log=lambda m: print(m, flush=True),
+            run_id=args.run_id,
+            heartbeat=args.worker_heartbeat,
+            tune_malloc=args.worker_heartbeat is not None or is_command_line(),
+            peaks=peaks,
+        )
+        print(
+            f"bench: {len(settings.methods)} method(s) x {len(settings.shapes)} shape(s) x {len(settings.lengths)} "
+            f"length(s), batch {batch}, on {sweep.meta['device_name']}, {args.dtype}, {torch.get_num_threads()} "
+            "thread(s)"
+            + (", synthetic prompt caches for decoding" if args.prompt_cache == "synthetic" else "")
+            + f" -> {json_path}",
+            flush=True,
+        )
+        try:
+            rep = sweep.run()
+        except KeyboardInterrupt:
+            raise _Stop(
+                130, f"interrupted; {json_path} holds every finished point, re-run the same command to continue"
+            ) from None
+        peaks = sweep.peaks  # measured once, for every batch size
+        not_run += rep.not_run
+        print(
+            f"bench: batch {batch}: measured {rep.measured}, skipped {rep.skipped}, reused {rep.reused} phase "
+            f"points in {rep.elapsed_s:.0f} s",
+            flush=True,
+        )
+    if not not_run:
+        return []
+    msg = (
+        f"{len(not_run)} phase points not run: --total-budget-s {args.total_budget_s:g} reached; "
+        "re-run the same command to continue"
+    )
+    _err(msg)
+    return [msg]
+
+
+def _capped_phase_notes(settings: SweepSettings) -> list[str]:
+    """The summary's notes on phases measured only up to a cap (``--train-max-len``, ``--decode-max-len``)."""
+    notes = []
+    longest = max(settings.lengths)
+    if settings.train_max_len is not None and "train" in settings.phases and longest > settings.train_max_len:
         notes.append(f"training step measured up to L = {settings.train_max_len:,} (--train-max-len).")
-    if settings.decode_max_len is not None and "decode" in phases and max(lengths) > settings.decode_max_len:
+    if settings.decode_max_len is not None and "decode" in settings.phases and longest > settings.decode_max_len:
         notes.append(f"decoding measured up to L = {settings.decode_max_len:,} (--decode-max-len).")
+    return notes
+
+
+def _report_rows(
+    args: argparse.Namespace,
+    settings: SweepSettings,
+    device: torch.device,
+    batch_sizes: list[int],
+    store: ResultStore,
+    json_path: Path,
+) -> list[dict[str, Any]]:
+    """The stored rows the summary reports: those of these settings (every shape, every batch size, this
+    prompt-cache mode); with ``--report-only`` and none of them, the newest run's."""
     keys = {
         (name, dataclasses.replace(settings, batch=b).settings_key(shape, device))
         for name, shape in SHAPES.items()
         for b in batch_sizes
     }
-    mode = args.prompt_cache
-    rows = [r for r in _with_prompt_cache(store.all_rows(), mode) if (r["shape"], r["settings_key"]) in keys]
+    rows = [
+        r for r in _with_prompt_cache(store.all_rows(), args.prompt_cache) if (r["shape"], r["settings_key"]) in keys
+    ]
     if not rows and args.report_only and store.all_rows():  # e.g. --threads differs: report the newest run's
         newest = max(r["run_id"] for r in store.all_rows())
         wanted = {r["settings_key"] for r in store.all_rows() if r["run_id"] == newest}
         modes = {prompt_cache_of(r) for r in store.all_rows() if r["run_id"] == newest} - {None}
-        mode = mode if mode in modes or not modes else sorted(modes)[0]
+        mode = args.prompt_cache if args.prompt_cache in modes or not modes else sorted(modes)[0]
         rows = [r for r in _with_prompt_cache(store.all_rows(), mode) if r["settings_key"] in wanted]
         print(f"bench: no rows with the current settings; reporting the settings of run {newest}", flush=True)
     if not rows:
-        err(f"no rows with these settings in {json_path}")
-        return 1
-    notes.insert(0, f"peak memory: {rows[0]['mem_method']}.")
+        raise _Stop(1, f"no rows with these settings in {json_path}")
+    return rows
+
+
+def _write_outputs(
+    args: argparse.Namespace,
+    rows: list[dict[str, Any]],
+    notes: list[str],
+    given_peaks: Peaks | None,
+    out_dir: Path,
+    stem: str,
+    json_path: Path,
+) -> None:
+    """Write the summary (``<stem>.md``), the analysis with its roofline (``<stem>-summary.json``) and the
+    plots, the measurement protocol first among the summary's notes."""
     p = rows[0]
+    protocol = [f"peak memory: {p['mem_method']}."]
     if "min_time_s" in p:
-        notes.insert(
-            1,
+        protocol.append(
             f"protocol: one warm-up run per point (it measures the peak memory), then timed repeats filling "
             f"{p['min_time_s']:g} s (at least {p['min_repeats']}, at most {p['max_repeats']}); a run longer than "
             f"{p['long_run_s']:g} s is timed once; budget {p['budget_s']:g} s per point; {p['threads']} torch "
             "thread(s).",
         )
     peaks = given_peaks or peaks_from_rows(rows)
-    atomic_write_text(out_dir / f"{stem}.md", summary.render(rows, notes, peaks=peaks))
+    atomic_write_text(out_dir / f"{stem}.md", summary.render(rows, protocol + notes, peaks=peaks))
     atomic_write_json(out_dir / f"{stem}-summary.json", {**analyse(rows), "roofline": roofline_table(rows, peaks)})
-    title = f"{rows[0]['device_name']}, {args.dtype}, {rows[0]['threads']} threads"
+    title = f"{p['device_name']}, {args.dtype}, {p['threads']} threads"
     written = [] if args.no_plot else plot_shapes(rows, out_dir / stem, title)
     print(
         f"bench: wrote {json_path}, {out_dir / (stem + '.md')}, {out_dir / (stem + '-summary.json')}"
         + (f" and {len(written)} plot files ({written[0].name} ...)" if written else ""),
         flush=True,
     )
-    return 0
 
 
 def _with_prompt_cache(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
