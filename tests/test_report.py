@@ -196,7 +196,7 @@ def test_paper_quirks_are_stated():
 
 
 def test_hybrid_report_weighs_the_criterion_against_even_spacing_and_prices_each_layer():
-    from harness.report.report import criterion_lines, per_layer_lines
+    from harness.report.hybrids import criterion_lines, per_layer_lines
 
     rows = [
         dict(label="dj-even-k0", method="dijiang", criterion="even", k=0, softmax_layers="", bpb=3.0),

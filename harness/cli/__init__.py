@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("harness.cli.demo", "convert a tiny local checkpoint to every method and generate"),
     "train": ("harness.cli.train", "pretrain, convert-and-finetune, or train from scratch"),
     "eval": ("harness.cli.eval", "evaluate a model with lm-eval tasks"),
-    "bench": ("harness.bench", "throughput and memory sweeps"),
+    "bench": ("harness.bench.cli", "throughput and memory sweeps"),
     "reproduce": ("harness.cli.reproduce", "run the paper's experiments at a profile and write the report"),
     "mqar": ("harness.cli.mqar", "multi-query associative recall: accuracy against state size"),
     "teachers": ("harness.cli.teachers", "train a teacher shape until more tokens stop paying, and ship it"),

@@ -43,6 +43,7 @@ from harness.report.controls import (
     wider_sweep_lines,
 )
 from harness.report.figures import plot_recovery
+from harness.report.hybrids import hybrid_section, whole_split_hybrid_lines
 from harness.report.markdown import md_table, read_table, value_cell
 from harness.report.paper_numbers import PAPER_BEST, WSC_CONSTANT_CLASS_COUNTS, WSC_EXAMPLES
 from harness.report.stats import (
@@ -102,6 +103,8 @@ SECTIONS: tuple[str, ...] = (
     "whole_split_trained_teacher_three_seeds_retnet",
     "whole_split_trained_teacher_three_seeds_baselines",
     "hybrid_pareto",
+    "hybrid_trained_teacher",
+    "whole_split_hybrid_trained_teacher",
     "mqar",
 )
 BPB_COLUMN = "heldout_ppl bpb"
@@ -636,81 +639,6 @@ def recovery_section(out: Path) -> list[str]:
     return lines
 
 
-def hybrid_section(out: Path) -> list[str]:
-    """The hybrid configurations and which of them are on the quality-speed Pareto front."""
-    table = read_table(out / "table.csv")
-    if table is None:
-        return ["(not run)"]
-    lines = [md_table(table), ""]
-    teacher = table[table["label"] == "teacher"]
-    front = table[table["on_front"]]
-    lines.append(f"- On the Pareto front: {', '.join(front['label'])}.")
-    speed = [c for c in table.columns if c.startswith("decode_tokens_per_s_")]
-    if len(teacher) and speed:
-        t = teacher.iloc[0]
-        for r in table[table["label"] != "teacher"].itertuples():
-            d = r._asdict()
-            lines.append(
-                f"- {r.label}: {r.bpb - t.bpb:+.3f} bpb against the teacher; decode "
-                + ", ".join(f"{d[c] / t[c]:.2f}x at {c.rsplit('_', 1)[1]}" for c in speed)
-                + " the teacher's speed."
-            )
-    lines += criterion_lines(table) + per_layer_lines(table, speed)
-    return lines + [""]
-
-
-def _layer_list(value: Any) -> str:
-    """Layer indices as written in a table cell ("1", "0,2"; a float a CSV made of one index)."""
-    if isinstance(value, float):
-        return "none" if math.isnan(value) else str(int(value)) if value.is_integer() else str(value)
-    return str(value) if str(value) else "none"
-
-
-def criterion_lines(table: pd.DataFrame) -> list[str]:
-    """The layer-choice criterion against its control (evenly spaced), at each method and k."""
-    lines = []
-    layers = table[table["criterion"].isin(["transfer", "entropy", "even"])]
-    for (method, k), g in layers.groupby(["method", "k"], sort=False):
-        even = g[g["criterion"] == "even"]
-        if not len(even):
-            continue
-        e = even.iloc[0]
-        for r in g[g["criterion"] != "even"].itertuples():
-            mine, control = _layer_list(r.softmax_layers), _layer_list(e.softmax_layers)
-            lines.append(
-                f"- {method}, k = {int(k)}: {r.criterion} keeps layer(s) {mine}, evenly spaced {control}: "
-                + (
-                    "the same layers, so no gain to measure."
-                    if mine == control
-                    else f"{r.bpb - e.bpb:+.3f} bpb against evenly spaced (one seed each: no significance test)."
-                )
-            )
-    return lines
-
-
-def per_layer_lines(table: pd.DataFrame, speed: list[str]) -> list[str]:
-    """What each softmax layer kept buys: bits per byte gained and decode speed and state paid, from one k
-    to the next (per method and criterion), at the longest context measured."""
-    if not speed or "k" not in table.columns:
-        return []
-    longest = max(speed, key=lambda c: int(c.rsplit("_", 1)[1]))
-    length = longest.rsplit("_", 1)[1]
-    state = f"state_{length}"
-    lines = []
-    kept = table[table["criterion"].isin(["transfer", "entropy", "even"]) & table["k"].notna()]
-    for (method, criterion), g in kept.groupby(["method", "criterion"], sort=False):
-        g = g.sort_values("k")
-        for a, b in zip(g.itertuples(), list(g.itertuples())[1:]):
-            d = b._asdict()
-            e = a._asdict()
-            lines.append(
-                f"- {method} ({criterion}), k {int(a.k)} -> {int(b.k)}: {b.bpb - a.bpb:+.3f} bpb for "
-                f"{d[longest] / e[longest]:.2f}x the decode speed and {d[state] / e[state]:.2f}x the state at "
-                f"{length} tokens."
-            )
-    return lines
-
-
 def generic_section(out: Path) -> list[str]:
     table = read_table(out / "table.csv")
     if table is None:
@@ -1001,11 +929,13 @@ def _section_body(
         return controls_section(out) + wider_sweep_lines(out, root / "recipes_controls")
     if name == "recipes_controls_rates_at_budget":
         return controls_section(out) + rates_at_budget_lines(out, root / "recipes_controls_trained_teacher_large")
+    if "of" in meta.get("params", {}) and (out / "per_seed.csv").exists():  # whole_split of a hybrid experiment
+        return hybrid_section(out) + whole_split_hybrid_lines(out, root / meta["params"]["of"])
     if "of" in meta.get("params", {}) and (out / "table.csv").exists():  # whole_split of a controls experiment
         return controls_section(out) + whole_split_lines(out, root / meta["params"]["of"])
     if name.startswith(("recipes_controls_extended", "recipes_controls_trained_teacher")):
         return controls_section(out) + controls_family_lines(root, name, ordered)
-    if name == "hybrid_pareto":
+    if name.startswith("hybrid_"):
         return hybrid_section(out)
     return generic_section(out)
 

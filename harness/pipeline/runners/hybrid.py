@@ -7,6 +7,14 @@ LoLCATs' window + linear mixer in every layer for a few window sizes. Every conf
 on the same data and tokens, then scored on held-out bits per byte (and the profile's tasks) and
 timed decoding one token at 2K, 8K and 32K tokens of context (:func:`analyses.hybrid.measure_decode`).
 The Pareto front of bits per byte against decode speed says which configurations are worth having.
+
+With ``seeds``, every configuration is fine-tuned once per seed (the table's bits per byte are the
+mean, with their spread), so the report can test a hybrid against the plain conversion and the
+criterion against its control; with ``lrs``, each configuration's peak rate is swept on the first seed
+(at ``sweep_fraction`` of the teacher's tokens) and chosen on the validation split, as
+:mod:`harness.pipeline.runners.controls` does for the recipes (its :class:`RateSweep`); with ``noop``,
+the teacher fine-tuned on the same tokens (swept likewise) is the control of "behind the teacher":
+the hybrids train on tokens the teacher never saw.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import pandas as pd
 
 from harness.pipeline import stages
 from harness.pipeline.runners.base import Output, PlannedRun, Runner, heldout_ids, register_runner, teacher_params
+from harness.pipeline.runners.controls import RateSweep
 from harness.pipeline.spec import Experiment, SpecError
 
 BPB = ("heldout_ppl", "bits_per_byte")
@@ -43,7 +52,15 @@ class HybridParams:
     selection_tokens: int = 128
     decode_steps: int = 8
     decode_repeats: int = 3
-    seed: int = 0
+    #: each configuration is fine-tuned once per seed
+    seeds: list[int] = field(default_factory=lambda: [0])
+    #: peak learning rates swept per configuration (and no-op control) on the first seed (empty: the
+    #: profile's fine-tune rate, no sweep)
+    lrs: list[float] = field(default_factory=list)
+    #: the budget (fraction of the teacher's tokens) the rates are swept at (None: ``fraction`` itself)
+    sweep_fraction: float | None = None
+    #: the no-op control: the softmax teacher fine-tuned on the same tokens
+    noop: bool = False
 
 
 @dataclass
@@ -99,6 +116,13 @@ class HybridRunner(Runner):
             raise SpecError(f"experiment {exp.name!r}: unknown criteria {bad}; choose from {list(CRITERIA)}.")
         if p.front_context not in p.contexts:
             raise SpecError(f"experiment {exp.name!r}: front_context {p.front_context} must be one of contexts.")
+        if not p.seeds:
+            raise SpecError(f"experiment {exp.name!r}: seeds is empty; give at least one seed, e.g. [0].")
+        if p.sweep_fraction is not None and not p.lrs:
+            raise SpecError(
+                f"experiment {exp.name!r}: sweep_fraction is the budget of a learning-rate sweep; "
+                "give lrs too, or drop it."
+            )
         self._check_windows(exp, p)
 
     @staticmethod
@@ -125,10 +149,43 @@ class HybridRunner(Runner):
 
     def plan(self, exp: Experiment, p: HybridParams) -> list[PlannedRun]:
         t, n = exp.profile.teacher(p.teacher), teacher_params(exp, p.teacher)
-        tokens = t.tokens * p.fraction
         labels = [(m, f"{m}-{c}-k{k}") for m in p.methods for c in p.criteria for k in p.ks]
         labels += [(m, f"{m}-window{w}") for m in window_methods(p) for w in p.windows]
-        return [PlannedRun(f"hybrid-{t.name}-{label}", "convert", n, tokens, m, t.name) for m, label in labels]
+        labels += [("softmax", "no-op")] if p.noop else []
+        sweep = self._sweep(p)
+        budgets = [(p.fraction, sweep.runs_at(p.fraction))]
+        if p.lrs and p.sweep_fraction not in (None, p.fraction):  # the sweep's own runs, at its budget
+            budgets.insert(0, (p.sweep_fraction, len(p.lrs)))
+        return [
+            PlannedRun(f"hybrid-{t.name}-{label}-f{f:g}-{i}", "convert", n, t.tokens * f, m, t.name)
+            for f, count in budgets
+            for m, label in labels
+            for i in range(count)
+        ]
+
+    @staticmethod
+    def _sweep(p: HybridParams) -> RateSweep:
+        """Each configuration's rate, swept on the first seed (or the profile's rate, no sweep)."""
+        return RateSweep(p.lrs, p.seeds, p.sweep_fraction)
+
+    @staticmethod
+    def _train(
+        ctx: stages.Context, t: Any, teacher_run: Any, cfg: Config, fraction: float, seed: int, lr: float | None
+    ) -> stages.Run:
+        """Fine-tune one configuration: the plain conversion (no other layer) is :func:`stages.convert`,
+        the run every other experiment of the method makes; a hybrid at a swept rate is
+        :func:`stages.convert_hybrid` at a profile whose fine-tune rate is ``lr`` (the rate in its label)."""
+        lr = stages.own_lr(lr, ctx.profile.convert)
+        if not cfg.layer_mixers:
+            return stages.convert(ctx, t, teacher_run, cfg.method, fraction, seed, lr)
+        label = cfg.label
+        if lr is not None:
+            convert = {**ctx.profile.convert, "lr": lr}
+            ctx = dataclasses.replace(ctx, profile=dataclasses.replace(ctx.profile, convert=convert))
+            label = f"{cfg.label}-lr{lr:g}"
+        return stages.convert_hybrid(
+            ctx, t, teacher_run, cfg.method, fraction, cfg.layer_mixers, cfg.selection, label, seed
+        )
 
     def configs(self, ctx: stages.Context, p: HybridParams, teacher_path: str) -> list[Config]:
         """Every configuration, its softmax layers chosen on the teacher (one selection per method and
@@ -156,43 +213,85 @@ class HybridRunner(Runner):
     def run(self, exp: Experiment, p: HybridParams, ctx: stages.Context) -> Output:
         from analyses.hybrid import measure_decode
         from harness.conversion.factory import load_model, load_teacher
-        from harness.report.figures import plot_pareto
 
         t = exp.profile.teacher(p.teacher)
-        teacher_run = stages.teacher(ctx, t, p.seed)
+        teacher_run = stages.teacher(ctx, t, 0)
         teacher_path = stages._source(teacher_run)
-        points: list[dict[str, Any]] = []
         models: dict[str, Any] = {"teacher": load_teacher(teacher_path).to(ctx.device)}
         teacher_rows = stages.evaluate_model(ctx, teacher_run, p.teacher, "softmax")
-        points.append(self._point("teacher", "softmax", "teacher", None, None, None, teacher_rows))
-        runs: dict[str, stages.Run] = {}
-        for cfg in self.configs(ctx, p, teacher_path):
+        points = [{**self._point("teacher", "softmax", "teacher", None, None, None, teacher_rows), "seed": None}]
+        sweep = self._sweep(p)
+        configs = self.configs(ctx, p, teacher_path)
+        if p.noop:
+            configs.append(Config("no-op", "softmax", "no-op", 0, None, {}, None))
+        runs: dict[str, dict[int, stages.Run]] = {}
+        for cfg in configs:
             key = json.dumps([cfg.method, cfg.layer_mixers], sort_keys=True)
-            if key in runs:  # e.g. k=0 or k=L under both criteria: one run
-                run = runs[key]
-            else:
-                run = runs[key] = stages.convert_hybrid(
-                    ctx, t, teacher_run, cfg.method, p.fraction, cfg.layer_mixers, cfg.selection, cfg.label, p.seed
+            if key not in runs:  # e.g. k=0 or k=L under both criteria: one run per seed
+                runs[key] = sweep.runs(
+                    (cfg.method, cfg.label),
+                    p.fraction,
+                    lambda lr, s, f, cfg=cfg: self._train(ctx, t, teacher_run, cfg, f, s, lr),
                 )
-            rows = stages.evaluate_model(ctx, run, cfg.label, cfg.method)
             kept = sorted(i for i, v in cfg.layer_mixers.items() if v["mixer"] == "softmax")
-            points.append(self._point(cfg.label, cfg.method, cfg.criterion, cfg.k, cfg.window, kept, rows))
-            models[cfg.label] = load_model(str(run.model_dir), device=str(ctx.device))
+            for seed, run in runs[key].items():
+                rows = stages.evaluate_model(ctx, run, cfg.label, cfg.method)
+                point = self._point(cfg.label, cfg.method, cfg.criterion, cfg.k, cfg.window, kept, rows)
+                points.append({**point, "seed": seed, "lr": run.result.summary.get("config", {}).get("lr")})
+            # decode speed depends on the architecture, not the weights: the first seed's model is timed
+            models[cfg.label] = load_model(str(runs[key][p.seeds[0]].model_dir), device=str(ctx.device))
         decode = pd.DataFrame(
             measure_decode(models, p.contexts, steps=p.decode_steps, repeats=p.decode_repeats)
         ).rename(columns={"model": "label"})
-        table = pd.DataFrame(points)
+        per_seed = pd.DataFrame(points)
+        table = self._table(per_seed, decode, p)
+        from harness.report.figures import plot_pareto
+
+        front_col = f"decode_tokens_per_s_{p.front_context}"
+        figures = plot_pareto(table, ctx.root / exp.name / "hybrid_pareto", x=front_col)
+        tables = {"results": decode, "table": table}
+        if len(p.seeds) > 1 or p.lrs:
+            tables["per_seed"] = per_seed
+        if sweep.points:
+            tables["lr_sweep"] = pd.DataFrame(sweep.points)
+        return Output(tables=tables, figures=figures, notes=self._notes(p, ctx, decode))
+
+    @staticmethod
+    def _table(per_seed: pd.DataFrame, decode: pd.DataFrame, p: HybridParams) -> pd.DataFrame:
+        """One row per configuration: its bits per byte (the mean over seeds; with more than one, their
+        standard deviation and count), its rate, decode speed and state at every context, and whether it
+        is on the Pareto front of mean bits per byte against decode speed at ``front_context``."""
+        first = per_seed.drop_duplicates("label").drop(columns=["seed", "bpb", "lr"], errors="ignore")
+        stats = per_seed.groupby("label", sort=False)["bpb"].agg(["mean", "std", "count"])
+        table = first.assign(bpb=first["label"].map(stats["mean"]))
+        if len(p.seeds) > 1:
+            table = table.assign(bpb_sd=table["label"].map(stats["std"]), seeds=table["label"].map(stats["count"]))
+        if p.lrs:
+            table = table.assign(lr=table["label"].map(per_seed.groupby("label", sort=False)["lr"].first()))
+        table = table.reset_index(drop=True)
         speed = decode.pivot(index="label", columns="context", values="tokens_per_s")
         state = decode.pivot(index="label", columns="context", values="state_numbers")
         for L in p.contexts:
             table[f"decode_tokens_per_s_{L}"] = table["label"].map(speed[L])
             table[f"state_{L}"] = table["label"].map(state[L])
-        front_col = f"decode_tokens_per_s_{p.front_context}"
-        table["on_front"] = pareto_front(table, front_col)
-        figures = plot_pareto(table, ctx.root / exp.name / "hybrid_pareto", x=front_col)
-        notes = [
+        table["on_front"] = pareto_front(table, f"decode_tokens_per_s_{p.front_context}")
+        return table
+
+    @staticmethod
+    def _notes(p: HybridParams, ctx: stages.Context, decode: pd.DataFrame) -> list[str]:
+        seeds = f"seeds {', '.join(map(str, p.seeds))} (bpb: their mean)" if len(p.seeds) > 1 else f"seed {p.seeds[0]}"
+        rates = (
+            f"each configuration's peak rate swept over {p.lrs} on seed {p.seeds[0]}"
+            + (f" at {p.sweep_fraction:g} of the teacher's tokens" if p.sweep_fraction is not None else "")
+            + ", the lowest validation-split loss chosen (column lr; table lr_sweep)"
+            if p.lrs
+            else "the profile's fine-tune rate for every configuration (no sweep)"
+        )
+        return [
             f"Every configuration fine-tuned on {p.fraction:g} of the teacher's tokens (the same data and "
-            f"tokens); softmax layers chosen on {p.selection_docs} validation documents of "
+            f"tokens), {seeds}, {rates}"
+            + ("; the no-op control is the teacher fine-tuned on the same tokens" if p.noop else "")
+            + f". Softmax layers chosen on {p.selection_docs} validation documents of "
             f"{p.selection_tokens} tokens (criteria: {', '.join(p.criteria)}; 'even' is the control).",
             "Decode speed: one-token steps after a cache of the sizes an L-token prefill leaves "
             "(harness.bench.synthetic_cache.synthetic_prompt_cache: grown from a short real prefill; "
@@ -200,7 +299,6 @@ class HybridRunner(Runner):
             f"{p.decode_repeats} calls of {p.decode_steps} steps, interleaved across models; one process, "
             f"{ctx.device.type.upper()}.",
         ]
-        return Output(tables={"results": decode, "table": table}, figures=figures, notes=notes)
 
     @staticmethod
     def _point(

@@ -47,8 +47,8 @@ class SpeedRunner(Runner):
         function does all three), and ``extra_args`` are that command's options."""
         import argparse
 
-        from harness.bench import add_arguments
-        from harness.bench import main as bench
+        from harness.bench.cli import add_arguments
+        from harness.bench.cli import main as bench
 
         out = ctx.root / exp.name
         args = [

@@ -1,0 +1,162 @@
+"""The hybrids' section of the report: which configurations are on the quality-speed front, what each
+softmax layer kept buys, the layer criterion against its control and, with seeds, every hybrid against
+the plain conversion and the no-op control (Welch over seeds); and the whole split against the sample."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.report.controls import mean_se, welch_difference
+from harness.report.markdown import md_table, read_table
+
+#: the no-op control's label (the teacher fine-tuned on the same tokens)
+NOOP = "no-op"
+
+
+def per_seed_bpb(per_seed: pd.DataFrame | None) -> dict[str, pd.Series]:
+    """Each configuration's held-out bits per byte per seed (``per_seed.csv``), for the labels with more
+    than one seed (a test needs two); empty without the table."""
+    if per_seed is None or "seed" not in per_seed.columns:
+        return {}
+    rows = per_seed[per_seed["seed"].notna()]
+    return {str(k): g["bpb"].reset_index(drop=True) for k, g in rows.groupby("label", sort=False) if len(g) > 1}
+
+
+def control_lines(table: pd.DataFrame, seeds: dict[str, pd.Series]) -> list[str]:
+    """Each configuration against the plain conversion of its method (k = 0, no window) and against the
+    no-op control, where both have seeds: the difference in bits per byte and Welch's test."""
+    plain: dict[str, str] = {}  # per method, the first label of its plain conversion (every k = 0 is one run)
+    for r in table.itertuples():
+        if r.criterion not in ("teacher", NOOP, "window") and r.k == 0 and r.label in seeds:
+            plain.setdefault(r.method, r.label)
+
+    def against(label: str, other: str) -> str:
+        return f"{welch_difference(seeds[label].to_numpy(), seeds[other].to_numpy())} against {other}"
+
+    lines = []
+    for r in table.itertuples():
+        if r.label not in seeds or r.criterion in ("teacher", NOOP):
+            continue
+        hybrid = r.k != 0 or not pd.isna(r.window)  # k = 0 and no window: the plain conversion itself
+        base = plain.get(r.method)
+        parts = [against(r.label, base) + " (the plain conversion)"] if hybrid and base is not None else []
+        if NOOP in seeds:
+            parts.append(against(r.label, NOOP) + " (the no-op control)")
+        lines.append(f"- {r.label}: " + "; ".join(parts) + ".")
+    return lines
+
+
+def whole_split_hybrid_lines(out: Path, base: Path) -> list[str]:
+    """Each configuration's bits per byte on the profile's sample (``base``, the hybrid experiment) and
+    on the whole split (``out``), and its gap to the teacher on each: a gap read off the sample means
+    something about the held-out text only if the whole split shows it too."""
+    whole, sample = read_table(out / "table.csv"), read_table(base / "table.csv")
+    if whole is None or sample is None:
+        return ["- (the sample's results are missing: run the experiment this one scores)"]
+    both = sample.set_index("label")["bpb"].to_frame("sample").join(whole.set_index("label")["bpb"].rename("whole"))
+    if "teacher" not in both.index:
+        return []
+    t = both.loc["teacher"]
+    lines = []
+    for label, r in both.drop(index="teacher").iterrows():
+        lines.append(
+            f"- {label}: {r['sample']:.3f} on the sample, {r['whole']:.3f} on the whole split; against the "
+            f"teacher {r['sample'] - t['sample']:+.3f} and {r['whole'] - t['whole']:+.3f}"
+            + (_relative(r, t) if not math.isnan(r["whole"]) else "")
+            + "."
+        )
+    return lines
+
+
+def _relative(r: Any, t: Any) -> str:
+    """The gap to the teacher as a fraction of the teacher's bits per byte, on both."""
+    return f" ({(r['sample'] - t['sample']) / t['sample']:+.1%} and {(r['whole'] - t['whole']) / t['whole']:+.1%})"
+
+
+def hybrid_section(out: Path) -> list[str]:
+    """The hybrid configurations and which of them are on the quality-speed Pareto front; with
+    several seeds (``per_seed.csv``), each configuration against the plain conversion and the no-op
+    control, with Welch's test over seeds."""
+    table = read_table(out / "table.csv")
+    if table is None:
+        return ["(not run)"]
+    per_seed = read_table(out / "per_seed.csv")
+    seeds = per_seed_bpb(per_seed)
+    lines = [md_table(table), ""]
+    teacher = table[table["label"] == "teacher"]
+    front = table[table["on_front"]]
+    lines.append(f"- On the Pareto front: {', '.join(front['label'])}.")
+    speed = [c for c in table.columns if c.startswith("decode_tokens_per_s_")]
+    if len(teacher) and speed:
+        t = teacher.iloc[0]
+        for r in table[table["label"] != "teacher"].itertuples():
+            d = r._asdict()
+            gap = f"{r.bpb - t.bpb:+.3f}" if r.label not in seeds else mean_se(seeds[r.label] - t.bpb, 3)
+            lines.append(
+                f"- {r.label}: {gap} bpb against the teacher; decode "
+                + ", ".join(f"{d[c] / t[c]:.2f}x at {c.rsplit('_', 1)[1]}" for c in speed)
+                + " the teacher's speed."
+            )
+    lines += criterion_lines(table, seeds) + control_lines(table, seeds) + per_layer_lines(table, speed)
+    return lines + [""]
+
+
+def _layer_list(value: Any) -> str:
+    """Layer indices as written in a table cell ("1", "0,2"; a float a CSV made of one index)."""
+    if isinstance(value, float):
+        return "none" if math.isnan(value) else str(int(value)) if value.is_integer() else str(value)
+    return str(value) if str(value) else "none"
+
+
+def criterion_lines(table: pd.DataFrame, seeds: dict[str, pd.Series] | None = None) -> list[str]:
+    """The layer-choice criterion against its control (evenly spaced), at each method and k: with
+    ``seeds`` (each configuration's bits per byte per seed), Welch's test over them."""
+    seeds = seeds or {}
+    lines = []
+    layers = table[table["criterion"].isin(["transfer", "entropy", "even"])]
+    for (method, k), g in layers.groupby(["method", "k"], sort=False):
+        even = g[g["criterion"] == "even"]
+        if not len(even):
+            continue
+        e = even.iloc[0]
+        for r in g[g["criterion"] != "even"].itertuples():
+            mine, control = _layer_list(r.softmax_layers), _layer_list(e.softmax_layers)
+            lines.append(
+                f"- {method}, k = {int(k)}: {r.criterion} keeps layer(s) {mine}, evenly spaced {control}: "
+                + (
+                    "the same layers, so no gain to measure."
+                    if mine == control
+                    else f"{welch_difference(seeds[r.label].to_numpy(), seeds[e.label].to_numpy())} against evenly "
+                    "spaced (Welch over seeds)."
+                    if r.label in seeds and e.label in seeds
+                    else f"{r.bpb - e.bpb:+.3f} bpb against evenly spaced (one seed each: no significance test)."
+                )
+            )
+    return lines
+
+
+def per_layer_lines(table: pd.DataFrame, speed: list[str]) -> list[str]:
+    """What each softmax layer kept buys: bits per byte gained and decode speed and state paid, from one k
+    to the next (per method and criterion), at the longest context measured."""
+    if not speed or "k" not in table.columns:
+        return []
+    longest = max(speed, key=lambda c: int(c.rsplit("_", 1)[1]))
+    length = longest.rsplit("_", 1)[1]
+    state = f"state_{length}"
+    lines = []
+    kept = table[table["criterion"].isin(["transfer", "entropy", "even"]) & table["k"].notna()]
+    for (method, criterion), g in kept.groupby(["method", "criterion"], sort=False):
+        g = g.sort_values("k")
+        for a, b in zip(g.itertuples(), list(g.itertuples())[1:]):
+            d = b._asdict()
+            e = a._asdict()
+            lines.append(
+                f"- {method} ({criterion}), k {int(a.k)} -> {int(b.k)}: {b.bpb - a.bpb:+.3f} bpb for "
+                f"{d[longest] / e[longest]:.2f}x the decode speed and {d[state] / e[state]:.2f}x the state at "
+                f"{length} tokens."
+            )
+    return lines
