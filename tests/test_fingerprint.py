@@ -102,6 +102,21 @@ def test_a_runner_module_counts_for_its_own_experiments(tree):
     assert all(after[n] != keys[n] for n in keys)
 
 
+def test_the_benchmark_command_counts_for_fig4_and_not_for_the_hybrids(tree):
+    """The hybrids time decoding with the benchmark's workloads, not its command: editing the command
+    line or its summary re-runs Fig. 4 only (``harness/bench/__init__.py`` imports nothing); editing the
+    workloads re-runs both."""
+    keys = experiment_keys()
+    edit(tree / "harness" / "bench" / "cli.py")
+    edit(tree / "harness" / "bench" / "summary.py")
+    after = experiment_keys()
+    assert {n for n in keys if keys[n] != after[n]} == {"fig4_speed_memory"}
+    edit(tree / "harness" / "bench" / "workloads.py")
+    keys, after = after, experiment_keys()
+    changed = {n for n in keys if keys[n] != after[n]}
+    assert {"fig4_speed_memory", "hybrid_pareto", "hybrid_trained_teacher"} <= changed
+
+
 def test_the_change_is_named():
     old = fingerprint.Fingerprint("a", {"x.py": "1", "y.py": "2"})
     new = fingerprint.Fingerprint("b", {"x.py": "1", "y.py": "3", "z.py": "4"})

@@ -253,3 +253,46 @@ def test_the_header_shows_the_shared_environment_and_the_table_which_ran_where(t
         if line.startswith("| aa_") or line.startswith("| bb_")
     }
     assert "Intel Xeon" in rows["aa_first"] and "AMD EPYC" in rows["bb_second"]
+
+
+def test_hybrid_report_tests_each_hybrid_against_the_plain_conversion_and_the_no_op_over_seeds(tmp_path):
+    """With seeds (per_seed.csv), a hybrid is weighed against the plain conversion of its method and the
+    no-op control by Welch's test, its gap to the teacher carries a standard error, and the criterion
+    against even spacing is tested too; the whole split is set beside the sample."""
+    from harness.report.hybrids import hybrid_section, whole_split_hybrid_lines
+
+    def write(folder, shift):
+        folder.mkdir()
+        configs = [  # label, criterion, k, window, layers, per-seed bpb
+            ("dj-transfer-k0", "transfer", 0, None, "", [2.00, 2.02, 2.04]),
+            ("dj-transfer-k1", "transfer", 1, None, "2", [1.50, 1.51, 1.52]),
+            ("dj-even-k1", "even", 1, None, "1", [1.50, 1.52, 1.51]),
+            ("dj-window64", "window", 0, 64, "", [1.30, 1.31, 1.29]),
+            ("no-op", "no-op", 0, None, "", [1.20, 1.21, 1.19]),
+        ]
+        per_seed = [dict(label="teacher", method="softmax", criterion="teacher", bpb=1.25 + shift, seed=None)]
+        table = [dict(label="teacher", method="softmax", criterion="teacher", k=None, window=None, bpb=1.25 + shift)]
+        for label, crit, k, window, layers, bpbs in configs:
+            method = "softmax" if label == "no-op" else "dijiang"
+            per_seed += [
+                dict(label=label, method=method, criterion=crit, bpb=b + shift, seed=s) for s, b in enumerate(bpbs)
+            ]
+            row = dict(label=label, method=method, criterion=crit, k=k, window=window, softmax_layers=layers)
+            table.append({**row, "bpb": sum(bpbs) / 3 + shift})
+        table = pd.DataFrame(table).assign(decode_tokens_per_s_8192=100.0, state_8192=10.0, on_front=True)
+        table.to_csv(folder / "table.csv", index=False)
+        pd.DataFrame(per_seed).to_csv(folder / "per_seed.csv", index=False)
+
+    write(tmp_path / "sample", 0.0)
+    write(tmp_path / "whole", 0.4)
+    text = "\n".join(hybrid_section(tmp_path / "sample"))
+    assert "- dj-window64: -0.720 bpb (p < 0.001, significant) against dj-transfer-k0 (the plain conversion)" in text
+    assert "+0.100 bpb (p < 0.001, significant) against no-op (the no-op control)" in text
+    assert "- dj-window64: +0.050 ± 0.006 bpb against the teacher" in text
+    criterion = "transfer keeps layer(s) 2, evenly spaced 1: -0.000 bpb (p = 1, not significant) against evenly spaced"
+    assert criterion in text
+    assert "- dj-transfer-k0: +0.040 bpb" not in text  # the plain conversion is not weighed against itself
+    whole = "\n".join(whole_split_hybrid_lines(tmp_path / "whole", tmp_path / "sample"))
+    assert (
+        "- dj-window64: 1.300 on the sample, 1.700 on the whole split; against the teacher +0.050 and +0.050" in whole
+    )
