@@ -57,29 +57,31 @@ def control_lines(table: pd.DataFrame, seeds: dict[str, pd.Series]) -> list[str]
 
 def whole_split_hybrid_lines(out: Path, base: Path) -> list[str]:
     """Each configuration's bits per byte on the profile's sample (``base``, the hybrid experiment) and
-    on the whole split (``out``), and its gap to the teacher on each: a gap read off the sample means
-    something about the held-out text only if the whole split shows it too."""
+    on the whole split (``out``), and its gap to the teacher and to the no-op control on each (also as a
+    fraction of theirs): a gap read off the sample means something about the held-out text only if the
+    whole split shows it too."""
     whole, sample = read_table(out / "table.csv"), read_table(base / "table.csv")
     if whole is None or sample is None:
         return ["- (the sample's results are missing: run the experiment this one scores)"]
     both = sample.set_index("label")["bpb"].to_frame("sample").join(whole.set_index("label")["bpb"].rename("whole"))
     if "teacher" not in both.index:
         return []
-    t = both.loc["teacher"]
     lines = []
     for label, r in both.drop(index="teacher").iterrows():
+        gaps = [_gap(r, both.loc["teacher"], "the teacher")]
+        if NOOP in both.index and label != NOOP:
+            gaps.append(_gap(r, both.loc[NOOP], "the no-op control"))
         lines.append(
-            f"- {label}: {r['sample']:.3f} on the sample, {r['whole']:.3f} on the whole split; against the "
-            f"teacher {r['sample'] - t['sample']:+.3f} and {r['whole'] - t['whole']:+.3f}"
-            + (_relative(r, t) if not math.isnan(r["whole"]) else "")
-            + "."
+            f"- {label}: {r['sample']:.3f} on the sample, {r['whole']:.3f} on the whole split; " + "; ".join(gaps) + "."
         )
     return lines
 
 
-def _relative(r: Any, t: Any) -> str:
-    """The gap to the teacher as a fraction of the teacher's bits per byte, on both."""
-    return f" ({(r['sample'] - t['sample']) / t['sample']:+.1%} and {(r['whole'] - t['whole']) / t['whole']:+.1%})"
+def _gap(r: Any, other: Any, name: str) -> str:
+    """``against NAME +a and +b (+x% and +y%)``: the gap on the sample and on the whole split, and each as a
+    fraction of ``other``'s bits per byte there."""
+    ds, dw = r["sample"] - other["sample"], r["whole"] - other["whole"]
+    return f"against {name} {ds:+.3f} and {dw:+.3f} ({ds / other['sample']:+.1%} and {dw / other['whole']:+.1%})"
 
 
 def hybrid_section(out: Path) -> list[str]:
