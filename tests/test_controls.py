@@ -213,3 +213,35 @@ def test_hybrid_windows_with_a_method_window_linear_refuses_fail_before_training
     p.window_methods = None  # windows for every method, retnet included
     with pytest.raises(SpecError, match="retnet.*not normalised.*window_methods"):
         HybridRunner().validate(exp, p)
+
+
+def test_the_hybrid_table_is_the_mean_over_seeds_with_its_spread_and_the_front_on_the_mean():
+    """One row per configuration: bits per byte averaged over its seeds (with their standard deviation
+    and count), its chosen rate, decode speed by context; the front uses the mean."""
+    from harness.pipeline.runners.hybrid import HybridParams, HybridRunner
+
+    p = HybridParams(
+        teacher="t", methods=["dijiang"], ks=[0], seeds=[0, 1], lrs=[1e-3, 3e-3], contexts=[64], front_context=64
+    )
+    per_seed = pd.DataFrame(
+        [
+            dict(label="teacher", method="softmax", criterion="teacher", bpb=1.0, seed=None, lr=None),
+            dict(label="dj-k0", method="dijiang", criterion="transfer", bpb=2.0, seed=0, lr=3e-3),
+            dict(label="dj-k0", method="dijiang", criterion="transfer", bpb=2.2, seed=1, lr=3e-3),
+            dict(label="dj-w8", method="dijiang", criterion="window", bpb=0.9, seed=0, lr=1e-3),
+            dict(label="dj-w8", method="dijiang", criterion="window", bpb=1.3, seed=1, lr=1e-3),
+        ]
+    )
+    decode = pd.DataFrame(
+        [
+            dict(label=lab, context=64, tokens_per_s=s, state_numbers=n)
+            for lab, s, n in [("teacher", 100.0, 9), ("dj-k0", 300.0, 1), ("dj-w8", 90.0, 2)]
+        ]
+    )
+    table = HybridRunner._table(per_seed, decode, p).set_index("label")
+    assert table.loc["dj-k0", "bpb"] == pytest.approx(2.1) and table.loc["dj-w8", "bpb"] == pytest.approx(1.1)
+    assert table.loc["dj-w8", "bpb_sd"] == pytest.approx(0.2828427, rel=1e-6) and table.loc["dj-w8", "seeds"] == 2
+    assert table.loc["dj-w8", "lr"] == 1e-3 and table.loc["dj-k0", "decode_tokens_per_s_64"] == 300.0
+    # on the mean, w8 (1.1) is worse and slower than the teacher (1.0, 100 tokens/s): off the front (its
+    # first seed alone, 0.9, would be on it)
+    assert list(table["on_front"]) == [True, True, False]
