@@ -259,12 +259,13 @@ def test_hybrid_report_tests_each_hybrid_against_the_plain_conversion_and_the_no
     """With seeds (per_seed.csv), a hybrid is weighed against the plain conversion of its method and the
     no-op control by Welch's test, its gap to the teacher carries a standard error, and the criterion
     against even spacing is tested too; the whole split is set beside the sample."""
-    from harness.report.hybrids import hybrid_section, whole_split_hybrid_lines
+    from harness.report.hybrids import hybrid_section, is_hybrid_table, whole_split_hybrid_lines
 
     def write(folder, shift):
         folder.mkdir()
         configs = [  # label, criterion, k, window, layers, per-seed bpb
             ("dj-transfer-k0", "transfer", 0, None, "", [2.00, 2.02, 2.04]),
+            ("dj-even-k0", "even", 0, None, "", [2.00, 2.02, 2.04]),  # the same run under the control's label
             ("dj-transfer-k1", "transfer", 1, None, "2", [1.50, 1.51, 1.52]),
             ("dj-even-k1", "even", 1, None, "1", [1.50, 1.52, 1.51]),
             ("dj-window64", "window", 0, 64, "", [1.30, 1.31, 1.29]),
@@ -292,6 +293,8 @@ def test_hybrid_report_tests_each_hybrid_against_the_plain_conversion_and_the_no
     criterion = "transfer keeps layer(s) 2, evenly spaced 1: -0.000 bpb (p = 1, not significant) against evenly spaced"
     assert criterion in text
     assert "- dj-transfer-k0: +0.040 bpb" not in text  # the plain conversion is not weighed against itself
+    assert "- dj-even-k0: " not in text.split("against the teacher")[-1]  # the plain conversion's Welch lines once
+    assert is_hybrid_table(tmp_path / "sample") and not is_hybrid_table(tmp_path / "missing")
     whole = "\n".join(whole_split_hybrid_lines(tmp_path / "whole", tmp_path / "sample"))
     assert (
         "- dj-window64: 1.300 on the sample, 1.700 on the whole split; against the teacher +0.050 and +0.050" in whole

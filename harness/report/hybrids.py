@@ -17,6 +17,13 @@ from harness.report.markdown import md_table, read_table
 NOOP = "no-op"
 
 
+def is_hybrid_table(out: Path) -> bool:
+    """Whether ``out`` holds a hybrid experiment's table (its configurations on a Pareto front), e.g. a
+    whole-split experiment of one, single-seed or not."""
+    table = read_table(out / "table.csv")
+    return table is not None and "on_front" in table.columns
+
+
 def per_seed_bpb(per_seed: pd.DataFrame | None) -> dict[str, pd.Series]:
     """Each configuration's held-out bits per byte per seed (``per_seed.csv``), for the labels with more
     than one seed (a test needs two); empty without the table."""
@@ -48,6 +55,8 @@ def control_lines(table: pd.DataFrame, seeds: dict[str, pd.Series]) -> list[str]
             continue
         hybrid = r.k != 0 or not pd.isna(r.window)  # k = 0 and no window: the plain conversion itself
         base = plain.get(r.method)
+        if not hybrid and r.label != base:  # the plain conversion under another criterion's label: said once
+            continue
         parts = [against(r.label, base) + " (the plain conversion)"] if hybrid and base is not None else []
         if NOOP in seeds:
             parts.append(against(r.label, NOOP) + " (the no-op control)")

@@ -43,7 +43,7 @@ from harness.report.controls import (
     wider_sweep_lines,
 )
 from harness.report.figures import plot_recovery
-from harness.report.hybrids import hybrid_section, whole_split_hybrid_lines
+from harness.report.hybrids import hybrid_section, is_hybrid_table, whole_split_hybrid_lines
 from harness.report.markdown import md_table, read_table, value_cell
 from harness.report.paper_numbers import PAPER_BEST, WSC_CONSTANT_CLASS_COUNTS, WSC_EXAMPLES
 from harness.report.stats import (
@@ -929,7 +929,7 @@ def _section_body(
         return controls_section(out) + wider_sweep_lines(out, root / "recipes_controls")
     if name == "recipes_controls_rates_at_budget":
         return controls_section(out) + rates_at_budget_lines(out, root / "recipes_controls_trained_teacher_large")
-    if "of" in meta.get("params", {}) and (out / "per_seed.csv").exists():  # whole_split of a hybrid experiment
+    if "of" in meta.get("params", {}) and is_hybrid_table(out):  # whole_split of a hybrid experiment
         return hybrid_section(out) + whole_split_hybrid_lines(out, root / meta["params"]["of"])
     if "of" in meta.get("params", {}) and (out / "table.csv").exists():  # whole_split of a controls experiment
         return controls_section(out) + whole_split_lines(out, root / meta["params"]["of"])
