@@ -105,6 +105,8 @@ SECTIONS: tuple[str, ...] = (
     "hybrid_pareto",
     "hybrid_trained_teacher",
     "whole_split_hybrid_trained_teacher",
+    "hybrid_window_controls",
+    "whole_split_hybrid_window_controls",
     "mqar",
 )
 BPB_COLUMN = "heldout_ppl bpb"

@@ -14,7 +14,12 @@ criterion against its control; with ``lrs``, each configuration's peak rate is s
 (at ``sweep_fraction`` of the teacher's tokens) and chosen on the validation split, as
 :mod:`harness.pipeline.runners.controls` does for the recipes (its :class:`RateSweep`); with ``noop``,
 the teacher fine-tuned on the same tokens (swept likewise) is the control of "behind the teacher":
-the hybrids train on tokens the teacher never saw.
+the hybrids train on tokens the teacher never saw. With ``window_only``, every window gets its own
+control: the teacher's softmax over the same last W tokens in every layer and nothing beyond
+(``sliding-window``), fine-tuned alike, so what the linear part adds is measured, not assumed. With
+``recipes``, every configuration is also trained with the other conversion recipes
+(:mod:`harness.training.recipes`; ``transfer`` is LoLCATs' own: attention transfer of the new mixer
+parameters, then the LM fine-tune, Zhang et al. 2024 Sec. 3.1), at the compute of the paper's fine-tune.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from harness.pipeline import stages
 from harness.pipeline.runners.base import Output, PlannedRun, Runner, heldout_ids, register_runner, teacher_params
 from harness.pipeline.runners.controls import RateSweep
 from harness.pipeline.spec import Experiment, SpecError
+from harness.training.config import TrainConfig
+from harness.training.recipes import RECIPES
 
 BPB = ("heldout_ppl", "bits_per_byte")
 
@@ -61,6 +68,11 @@ class HybridParams:
     sweep_fraction: float | None = None
     #: the no-op control: the softmax teacher fine-tuned on the same tokens
     noop: bool = False
+    #: the control of every window W: softmax over the last W tokens in every layer, nothing beyond
+    window_only: bool = False
+    #: the conversion recipes every configuration is trained with (:data:`RECIPES`); the no-op and the
+    #: configurations with no linear layer (nothing new for ``transfer`` to train) get ``paper`` only
+    recipes: list[str] = field(default_factory=lambda: ["paper"])
 
 
 @dataclass
@@ -74,6 +86,25 @@ class Config:
     window: int | None
     layer_mixers: dict[int, dict[str, Any]]
     selection: dict[str, Any] | None
+    recipe: str = "paper"
+
+
+#: the mixers a converted layer keeps the teacher's attention in (nothing new to train)
+SOFTMAX_KINDS = ("softmax", "sliding-window")
+#: the criterion of the window-only control
+WINDOW_ONLY = "window-only"
+
+
+def recipe_label(label: str, recipe: str) -> str:
+    """A configuration's label under ``recipe`` (the ``paper`` recipe's is the label itself)."""
+    return label if recipe == "paper" else f"{label}-{recipe}-recipe"
+
+
+def has_linear_layer(method: str, layer_mixers: dict[int, dict[str, Any]], n_layers: int) -> bool:
+    """Whether a configuration has a layer that is not softmax attention of some kind: the layers
+    ``transfer`` trains (the others keep the teacher's attention and nothing new)."""
+    kinds = [layer_mixers.get(i, {"mixer": method})["mixer"] for i in range(n_layers)]
+    return any(k not in SOFTMAX_KINDS for k in kinds)
 
 
 def pareto_front(points: pd.DataFrame, speed: str, quality: str = "bpb") -> pd.Series:
@@ -118,6 +149,11 @@ class HybridRunner(Runner):
             raise SpecError(f"experiment {exp.name!r}: front_context {p.front_context} must be one of contexts.")
         if not p.seeds:
             raise SpecError(f"experiment {exp.name!r}: seeds is empty; give at least one seed, e.g. [0].")
+        bad = sorted(set(p.recipes) - set(RECIPES))
+        if bad or not p.recipes:
+            raise SpecError(f"experiment {exp.name!r}: recipes {p.recipes}: choose one or more of {list(RECIPES)}.")
+        if p.window_only and not p.windows:
+            raise SpecError(f"experiment {exp.name!r}: window_only is the control of a window; give windows too.")
         if p.sweep_fraction is not None and not p.lrs:
             raise SpecError(
                 f"experiment {exp.name!r}: sweep_fraction is the budget of a learning-rate sweep; "
@@ -144,13 +180,18 @@ class HybridRunner(Runner):
                     ) from None
 
     def methods(self, exp: Experiment, p: HybridParams) -> list[str]:
-        extra = ["window-linear"] if p.windows else []
+        extra = (["window-linear"] if p.windows else []) + (["sliding-window"] if p.window_only else [])
         return sorted({*p.methods, "softmax", *extra})
 
     def plan(self, exp: Experiment, p: HybridParams) -> list[PlannedRun]:
         t, n = exp.profile.teacher(p.teacher), teacher_params(exp, p.teacher)
         labels = [(m, f"{m}-{c}-k{k}") for m in p.methods for c in p.criteria for k in p.ks]
         labels += [(m, f"{m}-window{w}") for m in window_methods(p) for w in p.windows]
+        n_layers = t.shape.get("num_hidden_layers") if t.shape else None
+        linear = [(m, label) for m, label in labels if not (label.endswith(f"-k{n_layers}") and n_layers)]
+        labels = labels if "paper" in p.recipes else []
+        labels += [(m, recipe_label(label, r)) for r in p.recipes if r != "paper" for m, label in linear]
+        labels += [("sliding-window", f"sliding-window{w}") for w in p.windows] if p.window_only else []
         labels += [("softmax", "no-op")] if p.noop else []
         sweep = self._sweep(p)
         budgets = [(p.fraction, sweep.runs_at(p.fraction))]
@@ -172,20 +213,56 @@ class HybridRunner(Runner):
     def _train(
         ctx: stages.Context, t: Any, teacher_run: Any, cfg: Config, fraction: float, seed: int, lr: float | None
     ) -> stages.Run:
-        """Fine-tune one configuration: the plain conversion (no other layer) is :func:`stages.convert`,
-        the run every other experiment of the method makes; a hybrid at a swept rate is
-        :func:`stages.convert_hybrid` at a profile whose fine-tune rate is ``lr`` (the rate in its label)."""
+        """Fine-tune one configuration: the plain conversion (no other layer) is
+        :func:`stages.convert_with_recipe`, the run every other experiment of the method and recipe makes;
+        a hybrid at a swept rate is :func:`stages.convert_hybrid` (or, under another recipe,
+        :meth:`_convert_hybrid_with_recipe`) at a profile whose fine-tune rate is ``lr`` (the rate in its label)."""
         lr = stages.own_lr(lr, ctx.profile.convert)
         if not cfg.layer_mixers:
-            return stages.convert(ctx, t, teacher_run, cfg.method, fraction, seed, lr)
+            return stages.convert_with_recipe(ctx, t, teacher_run, cfg.method, fraction, cfg.recipe, seed, lr)
         label = cfg.label
         if lr is not None:
             convert = {**ctx.profile.convert, "lr": lr}
             ctx = dataclasses.replace(ctx, profile=dataclasses.replace(ctx.profile, convert=convert))
             label = f"{cfg.label}-lr{lr:g}"
+        if cfg.recipe != "paper":
+            return HybridRunner._convert_hybrid_with_recipe(ctx, t, teacher_run, cfg, fraction, seed, label)
         return stages.convert_hybrid(
             ctx, t, teacher_run, cfg.method, fraction, cfg.layer_mixers, cfg.selection, label, seed
         )
+
+    @staticmethod
+    def _convert_hybrid_with_recipe(
+        ctx: stages.Context, t: Any, teacher_run: Any, cfg: Config, fraction: float, seed: int, label: str
+    ) -> stages.Run:
+        """:func:`stages.convert_hybrid` under ``cfg.recipe``: the recipe's stages at the compute of the
+        paper's fine-tune on ``fraction`` of the teacher's tokens (:func:`recipe_stages`), each a run of its
+        own, the first converting the teacher to the hybrid and each next one starting from the previous
+        model (as :func:`stages.convert_with_recipe` trains a plain conversion). ``label`` ends in the
+        recipe's name (:func:`recipe_label`)."""
+        from harness.conversion.factory import load_teacher
+        from harness.training.recipes import mixer_share, recipe_stages
+
+        teacher_path = stages._source(teacher_run)
+        step = ctx.profile.batch_size * ctx.profile.block_size
+        share = mixer_share(load_teacher(teacher_path))
+        plan = recipe_stages(cfg.recipe, stages.conversion_tokens(ctx, t, fraction), share, step)
+        source, run = teacher_path, None
+        for i, stage in enumerate(plan):
+            first = i == 0
+            config = TrainConfig(
+                model=source,
+                mixer=cfg.method if first else None,
+                mixer_options=dict(ctx.profile.method_options.get(cfg.method, {})) if first else {},
+                layer_mixers={str(j): v for j, v in cfg.layer_mixers.items()} if first else {},
+                layer_selection=cfg.selection if first else None,
+                objective=stage.objective,
+                teacher=teacher_path if stage.objective != "lm" else None,
+                **stages._base(ctx, seed, stage.tokens, ctx.profile.convert),
+            )
+            run = stages.run_training(ctx, f"hybrid-{t.name}-{label}-f{fraction:g}-s{seed}-{i + 1}", config, cfg.method)
+            source = str(run.model_dir)
+        return run  # type: ignore[return-value]
 
     def configs(self, ctx: stages.Context, p: HybridParams, teacher_path: str) -> list[Config]:
         """Every configuration, its softmax layers chosen on the teacher (one selection per method and
@@ -208,6 +285,17 @@ class HybridRunner(Runner):
             for w in p.windows if m in window_methods(p) else []:
                 layers = {i: {"mixer": "window-linear", "options": {"window": w, "linear": m}} for i in range(n_layers)}
                 out.append(Config(f"{m}-window{w}", m, "window", 0, w, layers, None))
+        linear = [c for c in out if has_linear_layer(c.method, c.layer_mixers, n_layers)]
+        out = out if "paper" in p.recipes else [c for c in out if c not in linear]
+        out += [
+            dataclasses.replace(c, label=recipe_label(c.label, r), recipe=r)
+            for r in p.recipes
+            if r != "paper"
+            for c in linear
+        ]
+        for w in p.windows if p.window_only else []:
+            layers = {i: {"mixer": "sliding-window", "options": {"window": w}} for i in range(n_layers)}
+            out.append(Config(f"sliding-window{w}", "sliding-window", WINDOW_ONLY, 0, w, layers, None))
         return out
 
     def run(self, exp: Experiment, p: HybridParams, ctx: stages.Context) -> Output:
@@ -219,14 +307,15 @@ class HybridRunner(Runner):
         teacher_path = stages._source(teacher_run)
         models: dict[str, Any] = {"teacher": load_teacher(teacher_path).to(ctx.device)}
         teacher_rows = stages.evaluate_model(ctx, teacher_run, p.teacher, "softmax")
-        points = [{**self._point("teacher", "softmax", "teacher", None, None, None, teacher_rows), "seed": None}]
+        teacher_point = self._point("teacher", "softmax", "teacher", None, None, None, teacher_rows)
+        points = [{**teacher_point, "recipe": None, "seed": None}]
         sweep = self._sweep(p)
         configs = self.configs(ctx, p, teacher_path)
         if p.noop:
             configs.append(Config("no-op", "softmax", "no-op", 0, None, {}, None))
         runs: dict[str, dict[int, stages.Run]] = {}
         for cfg in configs:
-            key = json.dumps([cfg.method, cfg.layer_mixers], sort_keys=True)
+            key = json.dumps([cfg.method, cfg.layer_mixers, cfg.recipe], sort_keys=True)
             if key not in runs:  # e.g. k=0 or k=L under both criteria: one run per seed
                 runs[key] = sweep.runs(
                     (cfg.method, cfg.label),
@@ -237,13 +326,16 @@ class HybridRunner(Runner):
             for seed, run in runs[key].items():
                 rows = stages.evaluate_model(ctx, run, cfg.label, cfg.method)
                 point = self._point(cfg.label, cfg.method, cfg.criterion, cfg.k, cfg.window, kept, rows)
-                points.append({**point, "seed": seed, "lr": run.result.summary.get("config", {}).get("lr")})
+                lr = run.result.summary.get("config", {}).get("lr")
+                points.append({**point, "recipe": cfg.recipe, "seed": seed, "lr": lr})
             # decode speed depends on the architecture, not the weights: the first seed's model is timed
             models[cfg.label] = load_model(str(runs[key][p.seeds[0]].model_dir), device=str(ctx.device))
         decode = pd.DataFrame(
             measure_decode(models, p.contexts, steps=p.decode_steps, repeats=p.decode_repeats)
         ).rename(columns={"model": "label"})
         per_seed = pd.DataFrame(points)
+        if p.recipes == ["paper"]:  # one recipe: no column for it
+            per_seed = per_seed.drop(columns="recipe")
         table = self._table(per_seed, decode, p)
         from harness.report.figures import plot_pareto
 
@@ -252,8 +344,8 @@ class HybridRunner(Runner):
         tables = {"results": decode, "table": table}
         if len(p.seeds) > 1 or p.lrs:
             tables["per_seed"] = per_seed
-        if sweep.points:
-            tables["lr_sweep"] = pd.DataFrame(sweep.points)
+        if sweep.points:  # a sweep cell is (method, configuration label)
+            tables["lr_sweep"] = pd.DataFrame(sweep.points).rename(columns={"recipe": "label"})
         return Output(tables=tables, figures=figures, notes=self._notes(p, ctx, decode))
 
     @staticmethod
@@ -291,6 +383,18 @@ class HybridRunner(Runner):
             f"Every configuration fine-tuned on {p.fraction:g} of the teacher's tokens (the same data and "
             f"tokens), {seeds}, {rates}"
             + ("; the no-op control is the teacher fine-tuned on the same tokens" if p.noop else "")
+            + (
+                "; each window's control (sliding-windowW) keeps the teacher's softmax over the same last W "
+                "tokens in every layer and nothing beyond"
+                if p.window_only
+                else ""
+            )
+            + (
+                f"; recipes {', '.join(p.recipes)} (harness.training.recipes, at the paper recipe's compute; a "
+                "label ending in -RECIPE-recipe; the controls without a linear layer: paper only)"
+                if p.recipes != ["paper"]
+                else ""
+            )
             + f". Softmax layers chosen on {p.selection_docs} validation documents of "
             f"{p.selection_tokens} tokens (criteria: {', '.join(p.criteria)}; 'even' is the control).",
             "Decode speed: one-token steps after a cache of the sizes an L-token prefill leaves "
