@@ -245,3 +245,43 @@ def test_the_hybrid_table_is_the_mean_over_seeds_with_its_spread_and_the_front_o
     # on the mean, w8 (1.1) is worse and slower than the teacher (1.0, 100 tokens/s): off the front (its
     # first seed alone, 0.9, would be on it)
     assert list(table["on_front"]) == [True, True, False]
+
+
+def test_hybrid_window_controls_plan_every_window_its_control_and_every_linear_configuration_each_recipe():
+    """window_only adds one sliding-window control per window (paper only: nothing new to transfer);
+    recipes train every configuration with a linear layer under each recipe, the no-op under paper only;
+    one recipe keeps the labels (and so the runs) the experiments had before."""
+    from harness.pipeline.runners.base import load_experiment, runner_params
+    from harness.pipeline.runners.hybrid import HybridRunner, has_linear_layer, recipe_label
+
+    exp = load_experiment("hybrid_window_controls", load_profile("grid-64m"))
+    p = runner_params(exp)
+    HybridRunner().validate(exp, p)
+    at = {r.label.rsplit("-f", 1)[0] for r in HybridRunner().plan(exp, p) if "f0.0625" in r.label}
+    want = {"dijiang-even-k0", "dijiang-window64", "dijiang-even-k0-transfer-recipe"}
+    want |= {"dijiang-window64-transfer-recipe", "sliding-window64", "no-op"}
+    assert at == {f"hybrid-tiny-m-{label}" for label in want}
+    assert "sliding-window" in HybridRunner().methods(exp, p)
+    assert recipe_label("x", "paper") == "x" and recipe_label("x", "distill") == "x-distill-recipe"
+    window = {"mixer": "sliding-window", "options": {"window": 8}}
+    assert not has_linear_layer("dijiang", {0: window, 1: {"mixer": "softmax"}}, 2)
+    assert has_linear_layer("dijiang", {0: window}, 2) and not has_linear_layer("softmax", {}, 3)
+    before = load_experiment("hybrid_trained_teacher", load_profile("grid-64m"))
+    labels = {r.label for r in HybridRunner().plan(before, runner_params(before))}
+    assert not any("recipe" in lab or "sliding" in lab for lab in labels)
+
+
+def test_hybrid_window_controls_refuse_a_bad_recipe_or_a_control_without_a_window():
+    from harness.pipeline.runners.base import load_experiment, runner_params
+    from harness.pipeline.runners.hybrid import HybridRunner
+    from harness.pipeline.spec import SpecError
+
+    exp = load_experiment("hybrid_window_controls", load_profile("grid-64m"))
+    p = runner_params(exp)
+    p.recipes = ["paper", "lolcats"]
+    with pytest.raises(SpecError, match="recipes.*choose one or more of"):
+        HybridRunner().validate(exp, p)
+    p = runner_params(exp)
+    p.windows = []
+    with pytest.raises(SpecError, match="window_only is the control of a window"):
+        HybridRunner().validate(exp, p)

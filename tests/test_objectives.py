@@ -48,6 +48,33 @@ def test_transfer_trains_only_new_mixer_parameters_and_lowers_layer_mse(method):
     assert all(not p.requires_grad for p in t.parameters())
 
 
+def test_transfer_of_a_window_hybrid_trains_only_its_linear_part_and_window_factor():
+    """LoLCATs' recipe on the window + linear hybrid (hybrid_window_controls): the first stage trains the
+    wrapped linear method's own parameters and the window factor, never the copied projections; a layer
+    kept as softmax or as a sliding window has nothing for it to train."""
+    t = teacher()
+    window = {0: {"mixer": "window-linear", "options": {"window": 4, "linear": "dijiang"}}}
+    s = convert_model(t, "dijiang", layer_mixers={**window, 1: {"mixer": "sliding-window", "options": {"window": 4}}})
+    obj = make_objective("transfer", s, t)
+    trainable = {n for n, p in s.named_parameters() if p.requires_grad}
+    assert trainable == set(new_parameter_names(s, t))
+    assert trainable and all(n.startswith("model.layers.0.mixer.") for n in trainable)
+    assert "model.layers.0.mixer.log_factor" in trainable and not any(".proj." in n for n in trainable)
+    opt = torch.optim.AdamW([p for p in s.parameters() if p.requires_grad], lr=1e-2)
+    with torch.no_grad():
+        mse0 = obj.loss(s, ids()).item()
+    for step in range(25):
+        loss = obj.loss(s, ids(step))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        assert obj.loss(s, ids()).item() < mse0
+    only_windows = convert_model(t, "sliding-window", {"window": 4})
+    with pytest.raises(ObjectiveError, match="has none"):
+        make_objective("transfer", only_windows, t)
+
+
 def test_transfer_target_is_the_teacher_attention_output():
     """A softmax student converted from a softmax teacher reproduces each layer exactly: MSE 0."""
     t = teacher()

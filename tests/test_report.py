@@ -299,3 +299,43 @@ def test_hybrid_report_tests_each_hybrid_against_the_plain_conversion_and_the_no
     assert (
         "- dj-window64: 1.300 on the sample, 1.700 on the whole split; against the teacher +0.050 and +0.050" in whole
     )
+
+
+def test_hybrid_report_weighs_each_window_against_the_window_alone_and_each_recipe_against_the_papers():
+    """The window hybrid against its window-only control (what the linear part adds) and each
+    configuration under another recipe against the same one under the paper's, Welch over seeds; a
+    recipe's hybrid is weighed against the plain conversion of the same recipe."""
+    from harness.report.hybrids import control_lines, per_layer_lines, recipe_lines, window_only_lines
+
+    configs = [  # label, method, criterion, window, recipe, per-seed bpb
+        ("dj-even-k0", "dijiang", "even", None, "paper", [2.00, 2.02, 2.04]),
+        ("dj-window64", "dijiang", "window", 64, "paper", [1.30, 1.31, 1.29]),
+        ("dj-even-k0-transfer-recipe", "dijiang", "even", None, "transfer", [1.90, 1.92, 1.94]),
+        ("dj-window64-transfer-recipe", "dijiang", "window", 64, "transfer", [1.30, 1.32, 1.31]),
+        ("sliding-window64", "sliding-window", "window-only", 64, "paper", [1.40, 1.41, 1.39]),
+    ]
+    seeds = {label: pd.Series(b) for label, *_, b in configs}
+    rows = [
+        dict(label=lab, method=m, criterion=c, k=0, window=w, recipe=r, bpb=sum(b) / 3, softmax_layers="")
+        for lab, m, c, w, r, b in configs
+    ]
+    table = pd.DataFrame(rows).assign(decode_tokens_per_s_8192=100.0, state_8192=10.0)
+    window = "\n".join(window_only_lines(table, seeds))
+    assert (
+        "- dj-window64 against sliding-window64 (the window alone, nothing beyond it): -0.100 bpb (p < 0.001" in window
+    )
+    assert "- dj-window64-transfer-recipe against sliding-window64" in window
+    recipe = "\n".join(recipe_lines(table, seeds))
+    assert "- dj-even-k0-transfer-recipe against dj-even-k0 (the transfer recipe against the paper's): -0.100" in recipe
+    assert (
+        "- dj-window64-transfer-recipe against dj-window64 (the transfer recipe against the paper's): +0.010" in recipe
+    )
+    assert len(recipe.splitlines()) == 2
+    controls = "\n".join(control_lines(table, seeds))
+    assert (
+        "dj-window64-transfer-recipe: -0.610 bpb (p < 0.001, significant) against dj-even-k0-transfer-recipe"
+        in controls
+    )
+    assert "sliding-window64: " not in controls  # no plain conversion of its own, and no no-op here
+    assert per_layer_lines(table, ["decode_tokens_per_s_8192"]) == []  # k = 0 under two recipes is no step in k
+    assert window_only_lines(table.drop(columns="recipe"), {}) != []  # one seed each, no recipe column: still read

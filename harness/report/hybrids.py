@@ -1,6 +1,8 @@
 """The hybrids' section of the report: which configurations are on the quality-speed front, what each
 softmax layer kept buys, the layer criterion against its control and, with seeds, every hybrid against
-the plain conversion and the no-op control (Welch over seeds); and the whole split against the sample."""
+the plain conversion and the no-op control, every window hybrid against its window-only control and
+every configuration under another recipe against the paper's (Welch over seeds); and the whole split
+against the sample."""
 
 from __future__ import annotations
 
@@ -15,6 +17,17 @@ from harness.report.markdown import md_table, read_table
 
 #: the no-op control's label (the teacher fine-tuned on the same tokens)
 NOOP = "no-op"
+#: the criterion of a window's control (softmax over the window alone, :mod:`harness.pipeline.runners.hybrid`)
+WINDOW_ONLY = "window-only"
+#: the recipe of a table without a recipe column (one recipe, the paper's)
+PAPER = "paper"
+
+
+def recipes(table: pd.DataFrame) -> pd.Series:
+    """Each configuration's conversion recipe (``paper`` where the table has none)."""
+    if "recipe" not in table.columns:
+        return pd.Series(PAPER, index=table.index)
+    return table["recipe"].fillna(PAPER).astype(str)
 
 
 def is_hybrid_table(out: Path) -> bool:
@@ -41,10 +54,11 @@ def signed_mean_se(values: pd.Series) -> str:
 def control_lines(table: pd.DataFrame, seeds: dict[str, pd.Series]) -> list[str]:
     """Each configuration against the plain conversion of its method (k = 0, no window) and against the
     no-op control, where both have seeds: the difference in bits per byte and Welch's test."""
-    plain: dict[str, str] = {}  # per method, the first label of its plain conversion (every k = 0 is one run)
+    table = table.assign(recipe=recipes(table))
+    plain: dict[tuple[str, str], str] = {}  # per method and recipe, the first label of its plain conversion
     for r in table.itertuples():
-        if r.criterion not in ("teacher", NOOP, "window") and r.k == 0 and r.label in seeds:
-            plain.setdefault(r.method, r.label)
+        if r.criterion not in ("teacher", NOOP, "window", WINDOW_ONLY) and r.k == 0 and r.label in seeds:
+            plain.setdefault((r.method, r.recipe), r.label)
 
     def against(label: str, other: str) -> str:
         return f"{welch_difference(seeds[label].to_numpy(), seeds[other].to_numpy())} against {other}"
@@ -54,13 +68,53 @@ def control_lines(table: pd.DataFrame, seeds: dict[str, pd.Series]) -> list[str]
         if r.label not in seeds or r.criterion in ("teacher", NOOP):
             continue
         hybrid = r.k != 0 or not pd.isna(r.window)  # k = 0 and no window: the plain conversion itself
-        base = plain.get(r.method)
+        base = plain.get((r.method, r.recipe))
         if not hybrid and r.label != base:  # the plain conversion under another criterion's label: said once
             continue
         parts = [against(r.label, base) + " (the plain conversion)"] if hybrid and base is not None else []
         if NOOP in seeds:
             parts.append(against(r.label, NOOP) + " (the no-op control)")
-        lines.append(f"- {r.label}: " + "; ".join(parts) + ".")
+        if parts:
+            lines.append(f"- {r.label}: " + "; ".join(parts) + ".")
+    return lines
+
+
+def window_only_lines(table: pd.DataFrame, seeds: dict[str, pd.Series]) -> list[str]:
+    """Each window hybrid (window + linear) against its window-only control (the teacher's softmax over
+    the same window and nothing beyond): what the linear part adds, Welch over seeds (or the difference
+    alone, one seed each)."""
+    only = {r.window: r for r in table[table["criterion"] == WINDOW_ONLY].itertuples()}
+    lines = []
+    for r in table[table["criterion"] == "window"].itertuples():
+        control = only.get(r.window)
+        if control is None:
+            continue
+        what = (
+            f"{welch_difference(seeds[r.label].to_numpy(), seeds[control.label].to_numpy())} (Welch over seeds)"
+            if r.label in seeds and control.label in seeds
+            else f"{r.bpb - control.bpb:+.3f} bpb (one seed each: no significance test)"
+        )
+        lines.append(f"- {r.label} against {control.label} (the window alone, nothing beyond it): {what}.")
+    return lines
+
+
+def recipe_lines(table: pd.DataFrame, seeds: dict[str, pd.Series]) -> list[str]:
+    """Each configuration trained with another recipe against the same configuration with the paper's
+    fine-tune (the row whose label it extends), Welch over seeds."""
+    table = table.assign(recipe=recipes(table))
+    by_label = {r.label: r for r in table.itertuples()}
+    lines = []
+    for r in table[table["recipe"] != PAPER].itertuples():
+        suffix = f"-{r.recipe}-recipe"
+        paper = by_label.get(r.label[: -len(suffix)]) if r.label.endswith(suffix) else None
+        if paper is None:
+            continue
+        what = (
+            f"{welch_difference(seeds[r.label].to_numpy(), seeds[paper.label].to_numpy())} (Welch over seeds)"
+            if r.label in seeds and paper.label in seeds
+            else f"{r.bpb - paper.bpb:+.3f} bpb (one seed each: no significance test)"
+        )
+        lines.append(f"- {r.label} against {paper.label} (the {r.recipe} recipe against the paper's): {what}.")
     return lines
 
 
@@ -117,7 +171,8 @@ def hybrid_section(out: Path) -> list[str]:
                 + ", ".join(f"{d[c] / t[c]:.2f}x at {c.rsplit('_', 1)[1]}" for c in speed)
                 + " the teacher's speed."
             )
-    lines += criterion_lines(table, seeds) + control_lines(table, seeds) + per_layer_lines(table, speed)
+    lines += criterion_lines(table, seeds) + control_lines(table, seeds)
+    lines += window_only_lines(table, seeds) + recipe_lines(table, seeds) + per_layer_lines(table, speed)
     return lines + [""]
 
 
@@ -157,15 +212,16 @@ def criterion_lines(table: pd.DataFrame, seeds: dict[str, pd.Series] | None = No
 
 def per_layer_lines(table: pd.DataFrame, speed: list[str]) -> list[str]:
     """What each softmax layer kept buys: bits per byte gained and decode speed and state paid, from one k
-    to the next (per method and criterion), at the longest context measured."""
+    to the next (per method, criterion and recipe), at the longest context measured."""
     if not speed or "k" not in table.columns:
         return []
     longest = max(speed, key=lambda c: int(c.rsplit("_", 1)[1]))
     length = longest.rsplit("_", 1)[1]
     state = f"state_{length}"
     lines = []
+    table = table.assign(recipe=recipes(table))
     kept = table[table["criterion"].isin(["transfer", "entropy", "even"]) & table["k"].notna()]
-    for (method, criterion), g in kept.groupby(["method", "criterion"], sort=False):
+    for (method, criterion, _), g in kept.groupby(["method", "criterion", "recipe"], sort=False):
         g = g.sort_values("k")
         for a, b in zip(g.itertuples(), list(g.itertuples())[1:]):
             d = b._asdict()
