@@ -664,14 +664,11 @@ def _outcome_lines(wide: pd.DataFrame, narrow: pd.DataFrame, best: str) -> list[
     return lines
 
 
-def mean_se(values: pd.Series, digits: int = 2) -> str:
-    """Mean ± standard error over seeds (the mean alone for one seed)."""
+def mean_se(values: pd.Series, digits: int = 2, signed: bool = False) -> str:
+    """Mean ± standard error over seeds (the mean alone for one seed); ``signed``: a difference, with its sign."""
     v = values.dropna().to_numpy()
-    return (
-        value_cell(float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None, digits)
-        if len(v)
-        else ""
-    )
+    se = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None
+    return value_cell(float(v.mean()), se, digits, signed) if len(v) else ""
 
 
 def _orders(results: pd.DataFrame, group: list[str], over: str) -> dict[tuple, list[str]]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.report.controls import welch_difference
+from harness.report.controls import mean_se, welch_difference
 from harness.report.markdown import md_table, read_table
 
 #: the no-op control's label (the teacher fine-tuned on the same tokens)
@@ -44,11 +44,6 @@ def per_seed_bpb(per_seed: pd.DataFrame | None) -> dict[str, pd.Series]:
         return {}
     rows = per_seed[per_seed["seed"].notna()]
     return {str(k): g["bpb"].reset_index(drop=True) for k, g in rows.groupby("label", sort=False) if len(g) > 1}
-
-
-def signed_mean_se(values: pd.Series) -> str:
-    """``+0.050 ± 0.006``: the mean over seeds, signed, with its standard error."""
-    return f"{values.mean():+.3f} ± {values.std(ddof=1) / math.sqrt(len(values)):.3f}"
 
 
 def control_lines(table: pd.DataFrame, seeds: dict[str, pd.Series]) -> list[str]:
@@ -165,7 +160,7 @@ def hybrid_section(out: Path) -> list[str]:
         t = teacher.iloc[0]
         for r in table[table["label"] != "teacher"].itertuples():
             d = r._asdict()
-            gap = f"{r.bpb - t.bpb:+.3f}" if r.label not in seeds else signed_mean_se(seeds[r.label] - t.bpb)
+            gap = f"{r.bpb - t.bpb:+.3f}" if r.label not in seeds else mean_se(seeds[r.label] - t.bpb, 3, signed=True)
             lines.append(
                 f"- {r.label}: {gap} bpb against the teacher; decode "
                 + ", ".join(f"{d[c] / t[c]:.2f}x at {c.rsplit('_', 1)[1]}" for c in speed)

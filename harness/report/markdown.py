@@ -19,10 +19,12 @@ def md_table(frame: pd.DataFrame) -> str:
     return frame.to_markdown(index=False, floatfmt=".4g")
 
 
-def value_cell(value: Any, se: Any = None, digits: int = 3) -> str:
-    """``value`` (± ``se`` where given) to ``digits`` decimals; empty for a missing value."""
+def value_cell(value: Any, se: Any = None, digits: int = 3, signed: bool = False) -> str:
+    """``value`` (± ``se`` where given) to ``digits`` decimals, with its sign where ``signed`` (a
+    difference); empty for a missing value."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
+    shown = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
     if se is None or (isinstance(se, float) and math.isnan(se)):
-        return f"{value:.{digits}f}"
-    return f"{value:.{digits}f} ± {se:.{digits}f}"
+        return shown
+    return f"{shown} ± {se:.{digits}f}"
