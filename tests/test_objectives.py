@@ -22,6 +22,21 @@ def ids(seed: int = 1) -> torch.Tensor:
     return torch.randint(0, 64, (4, 24), generator=torch.Generator().manual_seed(seed))
 
 
+def train_transfer(obj, student: MixerLMForCausalLM, steps: int = 25) -> tuple[float, float]:
+    """``steps`` AdamW steps of ``obj`` on the student's trainable parameters: its loss on a fixed batch
+    before and after."""
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-2)
+    with torch.no_grad():
+        before = obj.loss(student, ids()).item()
+    for step in range(steps):
+        loss = obj.loss(student, ids(step))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return before, obj.loss(student, ids()).item()
+
+
 @pytest.mark.parametrize("method", ["dijiang", "retnet"])
 def test_transfer_trains_only_new_mixer_parameters_and_lowers_layer_mse(method):
     t = teacher()
@@ -31,17 +46,7 @@ def test_transfer_trains_only_new_mixer_parameters_and_lowers_layer_mse(method):
     trainable = {n for n, p in s.named_parameters() if p.requires_grad}
     assert trainable == set(new_parameter_names(s, t)) and trainable
     assert all(".mixer." in n and not any(k in n for k in ("q_proj", "k_proj", "v_proj", "o_proj")) for n in trainable)
-    opt = torch.optim.AdamW([p for p in s.parameters() if p.requires_grad], lr=1e-2)
-    x = ids()
-    with torch.no_grad():
-        mse0 = obj.loss(s, x).item()
-    for step in range(25):
-        loss = obj.loss(s, ids(step))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        mse1 = obj.loss(s, x).item()
+    mse0, mse1 = train_transfer(obj, s)
     assert mse1 < 0.5 * mse0
     changed = {n for n, p in s.named_parameters() if not torch.equal(p, before[n])}
     assert changed and changed <= trainable
@@ -60,16 +65,8 @@ def test_transfer_of_a_window_hybrid_trains_only_its_linear_part_and_window_fact
     assert trainable == set(new_parameter_names(s, t))
     assert trainable and all(n.startswith("model.layers.0.mixer.") for n in trainable)
     assert "model.layers.0.mixer.log_factor" in trainable and not any(".proj." in n for n in trainable)
-    opt = torch.optim.AdamW([p for p in s.parameters() if p.requires_grad], lr=1e-2)
-    with torch.no_grad():
-        mse0 = obj.loss(s, ids()).item()
-    for step in range(25):
-        loss = obj.loss(s, ids(step))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        assert obj.loss(s, ids()).item() < mse0
+    mse0, mse1 = train_transfer(obj, s)
+    assert mse1 < mse0
     only_windows = convert_model(t, "sliding-window", {"window": 4})
     with pytest.raises(ObjectiveError, match="has none"):
         make_objective("transfer", only_windows, t)

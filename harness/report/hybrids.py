@@ -74,6 +74,14 @@ def control_lines(table: pd.DataFrame, seeds: dict[str, pd.Series]) -> list[str]
     return lines
 
 
+def difference(row: Any, other: Any, seeds: dict[str, pd.Series]) -> str:
+    """``row``'s bits per byte minus ``other``'s (table rows): Welch's test over their seeds where both
+    have them, else the difference of the two runs, untested."""
+    if row.label in seeds and other.label in seeds:
+        return f"{welch_difference(seeds[row.label].to_numpy(), seeds[other.label].to_numpy())} (Welch over seeds)"
+    return f"{row.bpb - other.bpb:+.3f} bpb (one seed each: no significance test)"
+
+
 def window_only_lines(table: pd.DataFrame, seeds: dict[str, pd.Series]) -> list[str]:
     """Each window hybrid (window + linear) against its window-only control (the teacher's softmax over
     the same window and nothing beyond): what the linear part adds, Welch over seeds (or the difference
@@ -84,11 +92,7 @@ def window_only_lines(table: pd.DataFrame, seeds: dict[str, pd.Series]) -> list[
         control = only.get(r.window)
         if control is None:
             continue
-        what = (
-            f"{welch_difference(seeds[r.label].to_numpy(), seeds[control.label].to_numpy())} (Welch over seeds)"
-            if r.label in seeds and control.label in seeds
-            else f"{r.bpb - control.bpb:+.3f} bpb (one seed each: no significance test)"
-        )
+        what = difference(r, control, seeds)
         lines.append(f"- {r.label} against {control.label} (the window alone, nothing beyond it): {what}.")
     return lines
 
@@ -104,11 +108,7 @@ def recipe_lines(table: pd.DataFrame, seeds: dict[str, pd.Series]) -> list[str]:
         paper = by_label.get(r.label[: -len(suffix)]) if r.label.endswith(suffix) else None
         if paper is None:
             continue
-        what = (
-            f"{welch_difference(seeds[r.label].to_numpy(), seeds[paper.label].to_numpy())} (Welch over seeds)"
-            if r.label in seeds and paper.label in seeds
-            else f"{r.bpb - paper.bpb:+.3f} bpb (one seed each: no significance test)"
-        )
+        what = difference(r, paper, seeds)
         lines.append(f"- {r.label} against {paper.label} (the {r.recipe} recipe against the paper's): {what}.")
     return lines
 
