@@ -164,3 +164,33 @@ def test_a_flip_says_which_way(tmp_path):
     vanished = results(tmp_path / "vanished", {"retnet": [1.2, 1.5]}, {"retnet": [1.3, 1.6]})
     assert "(opposite signs)" in whole_split_lines(opposite, sample)[-2]
     assert "(significant on the sample only)" in whole_split_lines(vanished, sample)[-2]
+
+
+def test_long_context_scores_the_models_at_its_length_and_refuses_one_no_longer_than_training(monkeypatch):
+    """long_context is whole_split with the scoring window raised: the inner runner sees a profile whose
+    evaluation context is max_length (so every score is computed again, under another cache key), and a
+    max_length no longer than the training blocks is refused in one line."""
+    from harness.pipeline import stages
+    from harness.pipeline.runners.base import Output
+    from harness.pipeline.runners.long_context import LongContextRunner
+    from harness.pipeline.runners.whole_split import WholeSplitRunner
+
+    exp = load_experiment("long_context_hybrid_window_controls", "grid-64m")
+    p = runner_params(exp)
+    runner = get_runner(exp)
+    assert isinstance(runner, LongContextRunner) and p.max_length == 512 > exp.profile.block_size
+    runner.validate(exp, p)
+    seen = {}
+
+    def inner_run(self, exp, p, ctx):
+        seen["max_length"] = ctx.profile.eval["max_length"]
+        return Output(tables={}, notes=["whole split"])
+
+    monkeypatch.setattr(WholeSplitRunner, "run", inner_run)
+    ctx = stages.Context(profile=exp.profile)
+    out = runner.run(exp, p, ctx)
+    assert seen == {"max_length": 512} and "max_length" not in exp.profile.eval
+    assert "up to 512 tokens" in out.notes[0] and "128-token blocks" in out.notes[0]
+    p.max_length = 128
+    with pytest.raises(SpecError, match="max_length 128 is not longer than the 128 tokens"):
+        runner.validate(exp, p)

@@ -113,11 +113,14 @@ def recipe_lines(table: pd.DataFrame, seeds: dict[str, pd.Series]) -> list[str]:
     return lines
 
 
-def whole_split_hybrid_lines(out: Path, base: Path) -> list[str]:
+def whole_split_hybrid_lines(
+    out: Path, base: Path, names: tuple[str, str] = ("on the sample", "on the whole split")
+) -> list[str]:
     """Each configuration's bits per byte on the profile's sample (``base``, the hybrid experiment) and
     on the whole split (``out``), and its gap to the teacher and to the no-op control on each (also as a
     fraction of theirs): a gap read off the sample means something about the held-out text only if the
-    whole split shows it too."""
+    whole split shows it too. ``names`` say what ``base`` and ``out`` scored (e.g. the same split at two
+    context lengths)."""
     whole, sample = read_table(out / "table.csv"), read_table(base / "table.csv")
     if whole is None or sample is None:
         return ["- (the sample's results are missing: run the experiment this one scores)"]
@@ -129,9 +132,7 @@ def whole_split_hybrid_lines(out: Path, base: Path) -> list[str]:
         gaps = [_gap(r, both.loc["teacher"], "the teacher")]
         if NOOP in both.index and label != NOOP:
             gaps.append(_gap(r, both.loc[NOOP], "the no-op control"))
-        lines.append(
-            f"- {label}: {r['sample']:.3f} on the sample, {r['whole']:.3f} on the whole split; " + "; ".join(gaps) + "."
-        )
+        lines.append(f"- {label}: {r['sample']:.3f} {names[0]}, {r['whole']:.3f} {names[1]}; " + "; ".join(gaps) + ".")
     return lines
 
 

@@ -107,6 +107,7 @@ SECTIONS: tuple[str, ...] = (
     "whole_split_hybrid_trained_teacher",
     "hybrid_window_controls",
     "whole_split_hybrid_window_controls",
+    "long_context_hybrid_window_controls",
     "mqar",
 )
 BPB_COLUMN = "heldout_ppl bpb"
@@ -931,6 +932,11 @@ def _section_body(
         return controls_section(out) + wider_sweep_lines(out, root / "recipes_controls")
     if name == "recipes_controls_rates_at_budget":
         return controls_section(out) + rates_at_budget_lines(out, root / "recipes_controls_trained_teacher_large")
+    if "max_length" in meta.get("params", {}) and is_hybrid_table(out):  # long_context of a hybrid experiment
+        base, length = root / f"whole_split_{meta['params']['of']}", meta["params"]["max_length"]
+        return hybrid_section(out) + whole_split_hybrid_lines(
+            out, base, ("at the training length", f"at {length} tokens")
+        )
     if "of" in meta.get("params", {}) and is_hybrid_table(out):  # whole_split of a hybrid experiment
         return hybrid_section(out) + whole_split_hybrid_lines(out, root / meta["params"]["of"])
     if "of" in meta.get("params", {}) and (out / "table.csv").exists():  # whole_split of a controls experiment
