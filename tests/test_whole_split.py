@@ -183,13 +183,13 @@ def test_long_context_scores_the_models_at_its_length_and_refuses_one_no_longer_
     seen = {}
 
     def inner_run(self, exp, p, ctx):
-        seen["max_length"] = ctx.profile.eval["max_length"]
+        seen["max_length"], seen["tasks"] = ctx.profile.eval["max_length"], ctx.profile.eval["tasks"]
         return Output(tables={}, notes=["whole split"])
 
     monkeypatch.setattr(WholeSplitRunner, "run", inner_run)
     ctx = stages.Context(profile=exp.profile)
     out = runner.run(exp, p, ctx)
-    assert seen == {"max_length": 512} and "max_length" not in exp.profile.eval
+    assert seen == {"max_length": 512, "tasks": ["heldout_ppl"]} and "max_length" not in exp.profile.eval
     assert "up to 512 tokens" in out.notes[0] and "128-token blocks" in out.notes[0]
     p.max_length = 128
     with pytest.raises(SpecError, match="max_length 128 is not longer than the 128 tokens"):
