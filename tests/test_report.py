@@ -295,6 +295,7 @@ def test_hybrid_report_tests_each_hybrid_against_the_plain_conversion_and_the_no
     assert "- dj-transfer-k0: +0.040 bpb" not in text  # the plain conversion is not weighed against itself
     assert "- dj-even-k0: " not in text.split("against the teacher")[-1]  # the plain conversion's Welch lines once
     assert is_hybrid_table(tmp_path / "sample") and not is_hybrid_table(tmp_path / "missing")
+    assert "`missing` has no results here" in whole_split_hybrid_lines(tmp_path / "whole", tmp_path / "missing")[0]
     whole = "\n".join(whole_split_hybrid_lines(tmp_path / "whole", tmp_path / "sample"))
     assert (
         "- dj-window64: 1.300 on the sample, 1.700 on the whole split; against the teacher +0.050 and +0.050" in whole

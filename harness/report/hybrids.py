@@ -123,7 +123,7 @@ def whole_split_hybrid_lines(
     context lengths)."""
     whole, sample = read_table(out / "table.csv"), read_table(base / "table.csv")
     if whole is None or sample is None:
-        return ["- (the sample's results are missing: run the experiment this one scores)"]
+        return [f"- (nothing to set beside it: `{base.name}` has no results here; run it too)"]
     both = sample.set_index("label")["bpb"].to_frame("sample").join(whole.set_index("label")["bpb"].rename("whole"))
     if "teacher" not in both.index:
         return []
