@@ -42,6 +42,7 @@ from harness.report.controls import (
     whole_split_lines,
     wider_sweep_lines,
 )
+from harness.report.copy_probe import copy_probe_section
 from harness.report.figures import plot_recovery
 from harness.report.hybrids import hybrid_section, is_hybrid_table, whole_split_hybrid_lines
 from harness.report.markdown import md_table, read_table, value_cell
@@ -108,6 +109,7 @@ SECTIONS: tuple[str, ...] = (
     "hybrid_window_controls",
     "whole_split_hybrid_window_controls",
     "long_context_hybrid_window_controls",
+    "copy_probe_hybrid_window_controls",
     "mqar",
 )
 BPB_COLUMN = "heldout_ppl bpb"
@@ -932,6 +934,8 @@ def _section_body(
         return controls_section(out) + wider_sweep_lines(out, root / "recipes_controls")
     if name == "recipes_controls_rates_at_budget":
         return controls_section(out) + rates_at_budget_lines(out, root / "recipes_controls_trained_teacher_large")
+    if {"of", "span"} <= set(meta.get("params", {})):  # copy_probe of another experiment
+        return copy_probe_section(out)
     if "max_length" in meta.get("params", {}) and is_hybrid_table(out):  # long_context of a hybrid experiment
         base, length = root / f"whole_split_{meta['params']['of']}", meta["params"]["max_length"]
         return hybrid_section(out) + whole_split_hybrid_lines(
