@@ -179,9 +179,9 @@ def probe_results(folder, gains: dict[str, list[list[float]]], items_per_seed: i
                 rows.append(dict(label=label, method=method, seed=seed, distance=d, gain=g, gain_se=0.005, items=items))
     pd.DataFrame(rows).to_csv(folder / "results.csv", index=False)
     configs = [
-        dict(label="dijiang-window64", method="dijiang", criterion="window", window=64),
-        dict(label="sliding-window64", method="sliding-window", criterion="window-only", window=64),
-        dict(label="no-op", method="softmax", criterion="no-op", window=None),
+        dict(label="dijiang-window64", method="dijiang", criterion="window", window=64, bpb=1.358),
+        dict(label="sliding-window64", method="sliding-window", criterion="window-only", window=64, bpb=1.308),
+        dict(label="no-op", method="softmax", criterion="no-op", window=None, bpb=1.289),
     ]
     pd.DataFrame([c for c in configs if c["label"] in gains]).to_csv(folder / "configs.csv", index=False)
     return folder
@@ -200,7 +200,7 @@ def test_the_report_weighs_each_window_hybrid_against_the_window_alone(tmp_path)
     )
     lines = "\n".join(copy_probe_section(out)).splitlines()
     (row,) = [line for line in lines if line.startswith("| dijiang-window64")]
-    assert "+0.810 ± 0.006" in row and "+0.310 ± 0.006" in row
+    assert "+0.810 ± 0.006" in row and "+0.310 ± 0.006" in row and " 1.358 |" in row
     (verdict,) = [line for line in lines if line.startswith("- **dijiang-window64**")]
     assert "inside the window (d = 16) +0.000 bits per token (p = 1, not significant; Welch over seeds)" in verdict
     assert "beyond the window (d = 96) +0.307 bits per token (p < 0.001, significant; Welch over seeds)" in verdict

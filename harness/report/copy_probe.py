@@ -17,9 +17,10 @@ from harness.report.markdown import md_table, read_table, value_cell
 from harness.report.stats import ALPHA, format_p
 
 
-def gain_cells(results: pd.DataFrame) -> pd.DataFrame:
+def gain_cells(results: pd.DataFrame, configs: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per model, one column per distance: the copy gain, mean ± standard error over seeds (a
-    model with one seed: over its examples), in bits per token."""
+    model with one seed: over its examples), in bits per token; with ``configs`` (the probed hybrid
+    experiment's configurations), each one's held-out bits per byte (mean over seeds) beside them."""
     rows: dict[str, dict[str, str]] = {}
     for (label, d), g in results.groupby(["label", "distance"], sort=False):
         if len(g) > 1:
@@ -27,7 +28,11 @@ def gain_cells(results: pd.DataFrame) -> pd.DataFrame:
         else:
             cell = value_cell(float(g["gain"].iloc[0]), float(g["gain_se"].iloc[0]), digits=3, signed=True)
         rows.setdefault(str(label), {"model": str(label)})[f"d = {d}"] = cell
-    return pd.DataFrame(list(rows.values()))
+    table = pd.DataFrame(list(rows.values()))
+    if configs is not None and "bpb" in configs.columns:
+        bpb = dict(zip(configs["label"].astype(str), configs["bpb"], strict=True))
+        table.insert(1, "held-out bpb", [value_cell(bpb.get(m)) for m in table["model"]])
+    return table
 
 
 def _seed_gains(results: pd.DataFrame, label: str, distances: list[int]) -> pd.Series:
@@ -104,14 +109,16 @@ def copy_probe_section(out: Path) -> list[str]:
     results = read_table(out / "results.csv")
     if results is None or results.empty:
         return ["_No copy-probe results._", ""]
+    configs = read_table(out / "configs.csv")
     lines = [
         "Copy gain in bits per token (the control's loss minus the copy's on the repeated span; higher: more "
-        "recalled from d tokens back), mean ± standard error over seeds (one seed: over examples):",
+        "recalled from d tokens back), mean ± standard error over seeds (one seed: over examples)"
+        + ("; held-out bits per byte as the probed experiment scored them" if configs is not None else "")
+        + ":",
         "",
-        md_table(gain_cells(results)),
+        md_table(gain_cells(results, configs)),
         "",
     ]
-    configs = read_table(out / "configs.csv")
     if configs is not None:
         lines += reference_lines(results, configs) + window_recall_lines(results, configs)
     return lines + [""]

@@ -30,9 +30,9 @@ from harness.pipeline.runners.whole_split import WholeSplitRunner
 from harness.pipeline.spec import Experiment, SpecError
 from harness.util.io import atomic_write_json
 
-#: what the probe keeps of a hybrid experiment's configurations (its report pairs each window hybrid
-#: with its window-only control by them)
-CONFIG_COLUMNS: tuple[str, ...] = ("label", "method", "criterion", "window", "recipe")
+#: what the probe keeps of a hybrid experiment's configurations: its report pairs each window hybrid
+#: with its window-only control by them, and sets their held-out bits per byte beside their copy gains
+CONFIG_COLUMNS: tuple[str, ...] = ("label", "method", "criterion", "window", "recipe", "bpb")
 
 
 @dataclass
