@@ -17,10 +17,10 @@ from harness.report.markdown import md_table, read_table, value_cell
 from harness.report.stats import ALPHA, format_p
 
 
-def gain_cells(results: pd.DataFrame, configs: pd.DataFrame | None = None) -> pd.DataFrame:
+def gain_cells(results: pd.DataFrame) -> pd.DataFrame:
     """One row per model, one column per distance: the copy gain, mean ± standard error over seeds (a
-    model with one seed: over its examples), in bits per token; with ``configs`` (the probed hybrid
-    experiment's configurations), each one's held-out bits per byte (mean over seeds) beside them."""
+    model with one seed: over its examples), in bits per token; and where the results have them, the
+    model's held-out bits per byte (mean over seeds) as the probed experiment scored them."""
     rows: dict[str, dict[str, str]] = {}
     for (label, d), g in results.groupby(["label", "distance"], sort=False):
         if len(g) > 1:
@@ -29,8 +29,8 @@ def gain_cells(results: pd.DataFrame, configs: pd.DataFrame | None = None) -> pd
             cell = value_cell(float(g["gain"].iloc[0]), float(g["gain_se"].iloc[0]), digits=3, signed=True)
         rows.setdefault(str(label), {"model": str(label)})[f"d = {d}"] = cell
     table = pd.DataFrame(list(rows.values()))
-    if configs is not None and "bpb" in configs.columns:
-        bpb = dict(zip(configs["label"].astype(str), configs["bpb"], strict=True))
+    if "bpb" in results.columns:
+        bpb = results.groupby("label", sort=False)["bpb"].mean()
         table.insert(1, "held-out bpb", [value_cell(bpb.get(m)) for m in table["model"]])
     return table
 
@@ -113,10 +113,10 @@ def copy_probe_section(out: Path) -> list[str]:
     lines = [
         "Copy gain in bits per token (the control's loss minus the copy's on the repeated span; higher: more "
         "recalled from d tokens back), mean ± standard error over seeds (one seed: over examples)"
-        + ("; held-out bits per byte as the probed experiment scored them" if configs is not None else "")
+        + ("; held-out bits per byte as the probed experiment scored them" if "bpb" in results.columns else "")
         + ":",
         "",
-        md_table(gain_cells(results, configs)),
+        md_table(gain_cells(results)),
         "",
     ]
     if configs is not None:

@@ -30,9 +30,11 @@ from harness.pipeline.runners.whole_split import WholeSplitRunner
 from harness.pipeline.spec import Experiment, SpecError
 from harness.util.io import atomic_write_json
 
-#: what the probe keeps of a hybrid experiment's configurations: its report pairs each window hybrid
-#: with its window-only control by them, and sets their held-out bits per byte beside their copy gains
-CONFIG_COLUMNS: tuple[str, ...] = ("label", "method", "criterion", "window", "recipe", "bpb")
+#: what the probe keeps of a hybrid experiment's configurations (its report pairs each window hybrid
+#: with its window-only control by them)
+CONFIG_COLUMNS: tuple[str, ...] = ("label", "method", "criterion", "window", "recipe")
+#: the held-out metric recorded beside each probed model's gains (as the probed experiment scored it)
+BPB = ("heldout_ppl", "bits_per_byte")
 
 
 @dataclass
@@ -54,12 +56,13 @@ class CopyProbeParams:
 
 @dataclass(frozen=True)
 class ScoredModel:
-    """A model an experiment scored: the name it gave it, its method, and where it is (a run, or a
-    model directory or hub id)."""
+    """A model an experiment scored: the name it gave it, its method, where it is (a run, or a model
+    directory or hub id) and its held-out bits per byte in that scoring (None: not scored on them)."""
 
     label: str
     method: str
     run: stages.Run | str
+    bpb: float | None = None
 
     @property
     def path(self) -> str:
@@ -79,8 +82,10 @@ def scored_models() -> Iterator[list[ScoredModel]]:
     evaluate = stages.evaluate_model
 
     def recording(ctx: stages.Context, run: stages.Run | str, name: str, method: str, tasks: Any = None) -> Any:
-        seen.append(ScoredModel(name, method, run))
-        return evaluate(ctx, run, name, method, tasks)
+        rows = evaluate(ctx, run, name, method, tasks)
+        bpb = [r["value"] for r in rows if (r.get("task"), r.get("metric")) == BPB]
+        seen.append(ScoredModel(name, method, run, float(bpb[0]) if bpb and bpb[0] is not None else None))
+        return rows
 
     stages.evaluate_model = recording
     try:
@@ -131,7 +136,7 @@ class CopyProbeRunner(WholeSplitRunner):
         for m in seen:
             if m.path not in probed:
                 probed[m.path] = self._probe(ctx, m.path, config, p.split)
-            rows += [{"label": m.label, "method": m.method, "seed": m.seed, **r} for r in probed[m.path]]
+            rows += [{"label": m.label, "method": m.method, "seed": m.seed, "bpb": m.bpb, **r} for r in probed[m.path]]
         results = pd.DataFrame(rows).drop_duplicates(["label", "seed", "distance"])
         tables = {"results": results, "table": gain_table(results)}
         configs = done.tables.get("table")
@@ -184,15 +189,18 @@ def _batches(ctx: stages.Context, model: Any, path: str, config: Any, split: str
 
 def gain_table(results: pd.DataFrame) -> pd.DataFrame:
     """One row per model and distance: the copy gain's mean over seeds (``gain``), their standard
-    deviation and count where there is more than one seed, and the mean copy and control losses."""
+    deviation and count where there is more than one seed, the mean copy and control losses and the
+    model's mean held-out bits per byte."""
     grouped = results.groupby(["label", "method", "distance"], sort=False, dropna=False)
-    table = grouped.agg(
-        gain=("gain", "mean"),
-        gain_sd=("gain", "std"),
-        seeds=("gain", "count"),
-        bits_copy=("bits_copy", "mean"),
-        bits_control=("bits_control", "mean"),
-    ).reset_index()
+    columns = {
+        "gain": ("gain", "mean"),
+        "gain_sd": ("gain", "std"),
+        "seeds": ("gain", "count"),
+        "bits_copy": ("bits_copy", "mean"),
+        "bits_control": ("bits_control", "mean"),
+        **({"bpb": ("bpb", "mean")} if "bpb" in results.columns else {}),
+    }
+    table = grouped.agg(**columns).reset_index()
     if int(table["seeds"].max()) < 2:
         table = table.drop(columns=["gain_sd", "seeds"])
     return table
