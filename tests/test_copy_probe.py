@@ -239,3 +239,15 @@ def test_of_params_narrow_the_probed_experiment_and_are_checked():
     bad = exp.__class__(**{**exp.__dict__, "params": {**exp.params, "of_params": {"recipe": ["paper"]}}})
     with pytest.raises(SpecError, match=r"of_params \['recipe'\] are not parameters of 'hybrid_window_controls'"):
         get_runner(bad).validate(bad, runner_params(bad))
+
+
+def test_an_experiment_that_scores_no_model_is_named(tmp_path, monkeypatch):
+    from harness.pipeline.runners.base import Output
+
+    profile = load_profile("smoke")
+    probe = load_experiment(PROBE, profile)
+    inner_runner = get_runner(load_experiment("hybrid_window_controls", profile))
+    monkeypatch.setattr(type(inner_runner), "run", lambda self, exp, p, ctx: Output())  # trains and scores nothing
+    ctx = stages.Context(profile=profile, results_dir=tmp_path)
+    with pytest.raises(SpecError, match="'hybrid_window_controls' scores no model"):
+        get_runner(probe).run(probe, runner_params(probe), ctx)

@@ -131,6 +131,11 @@ class CopyProbeRunner(WholeSplitRunner):
             done = get_runner(inner).run(inner, runner_params(inner), ctx)
         for figure in done.figures:  # ``of``'s figures, drawn again into this folder: not this experiment's
             Path(figure).unlink(missing_ok=True)
+        if not seen:
+            raise SpecError(
+                f"experiment {exp.name!r}: {p.of!r} scores no model (its runner never calls evaluate_model); "
+                "probe an experiment that does (a hybrid, controls or methods experiment)."
+            )
         config = CopyProbeConfig(tuple(p.distances), p.span, p.examples, p.seed)
         rows, probed = [], {}
         for m in seen:
