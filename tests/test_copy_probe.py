@@ -234,7 +234,10 @@ def test_of_params_narrow_the_probed_experiment_and_are_checked():
     probe = load_experiment(PROBE, profile)
     planned = [r.label for r in get_runner(probe).plan(probe, runner_params(probe))]
     assert planned and not any("transfer-recipe" in label for label in planned)  # recipes: [paper]
-    assert any("sliding-window64" in label for label in planned) and any("no-op" in label for label in planned)
+    assert any("sliding-window64" in label for label in planned) and any(
+        "dijiang-window64" in label for label in planned
+    )
+    assert not any("no-op" in label or "-k0" in label for label in planned)  # noop: false, ks: []
     exp = read_experiment(PROBE, profile)
     bad = exp.__class__(**{**exp.__dict__, "params": {**exp.params, "of_params": {"recipe": ["paper"]}}})
     with pytest.raises(SpecError, match=r"of_params \['recipe'\] are not parameters of 'hybrid_window_controls'"):
