@@ -41,7 +41,7 @@ from harness.report.stats import paired_difference
 
 #: numeric columns that identify a row rather than measure something
 KEY_COLUMNS: frozenset[str] = frozenset(
-    {"fraction", "seed", "seeds", "d_model", "state_size", "seq_len", "m", "L", "k", "window", "context"}
+    {"fraction", "seed", "seeds", "d_model", "state_size", "seq_len", "m", "L", "k", "window", "context", "distance"}
 )
 #: numeric columns that must be equal in both runs (counts and configuration, not measurements)
 EXACT_COLUMNS: frozenset[str] = frozenset({"params", "train_tokens", "avg tasks", "count", "layer", "tokens"})
